@@ -1,0 +1,182 @@
+/*
+ * spqr.h - the one public header of libspqr.
+ *
+ * libspqr loads LLaMA-family language models (Hugging Face folders, llama2.c
+ * checkpoints, .spqr compressed files), runs them on the CPU, measures
+ * perplexity, and compresses their linear layers with RTN, GPTQ or SpQR.
+ *
+ * Conventions
+ *  - Every fallible function returns an spqr_status. On failure a one-line,
+ *    human-readable description (naming the file and the problem) is kept per
+ *    thread and returned by spqr_last_error().
+ *  - Handles are opaque. Every *_load / *_new has a matching *_free, which
+ *    accepts NULL.
+ *  - Ownership: a pointer returned through an out-parameter documented as
+ *    "owned by caller" must be released with spqr_free(). Pointers documented
+ *    as "borrowed" stay valid until the handle they came from is freed.
+ *  - The library never calls exit() and never prints. Diagnostics and
+ *    progress go to the callback installed with spqr_set_log(), if any.
+ */
+#ifndef SPQR_H
+#define SPQR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SPQR_VERSION_MAJOR 0
+#define SPQR_VERSION_MINOR 1
+#define SPQR_VERSION_PATCH 0
+#define SPQR_VERSION_STRING "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                              */
+
+typedef enum spqr_status {
+    SPQR_OK = 0,
+    SPQR_ERR_INVALID_ARG,  /* a caller-supplied argument is out of range      */
+    SPQR_ERR_IO,           /* open/read/write/mmap/rename failed              */
+    SPQR_ERR_FORMAT,       /* a file is malformed, truncated or inconsistent  */
+    SPQR_ERR_UNSUPPORTED,  /* valid input we do not handle (architecture ...) */
+    SPQR_ERR_MISMATCH,     /* two inputs disagree (dtype/shape vs config ...) */
+    SPQR_ERR_NUMERIC,      /* NaN/Inf or a failed factorization               */
+    SPQR_ERR_NOMEM,        /* allocation failed or size overflowed            */
+    SPQR_ERR_CHECKSUM,     /* stored checksum does not match the data         */
+    SPQR_ERR_NO_DEVICE,    /* no usable GPU, or too little GPU memory         */
+    SPQR_ERR_INTERNAL      /* a bug: an invariant did not hold                */
+} spqr_status;
+
+/* Static string naming the status ("ok", "invalid argument", ...). */
+const char *spqr_status_string(spqr_status s);
+
+/* Detailed message of the last failure on this thread (static per thread,
+ * borrowed; overwritten by the next failure). Never NULL. */
+const char *spqr_last_error(void);
+
+/* Release memory that the library documented as "owned by caller". */
+void spqr_free(void *p);
+
+/* ------------------------------------------------------------------------ */
+/* Logging and progress (optional)                                           */
+
+typedef enum spqr_log_level {
+    SPQR_LOG_ERROR = 0,
+    SPQR_LOG_WARN = 1,
+    SPQR_LOG_INFO = 2,
+    SPQR_LOG_DEBUG = 3
+} spqr_log_level;
+
+/* Install a process-wide callback for diagnostics at or below max_level.
+ * cb == NULL (the default) silences the library. */
+typedef void (*spqr_log_fn)(void *user, spqr_log_level level, const char *msg);
+void spqr_set_log(spqr_log_fn cb, void *user, spqr_log_level max_level);
+
+/* Build features, e.g. "blas=openblas simd=avx2,avx512 cuda=no". Static. */
+const char *spqr_build_features(void);
+
+/* Number of worker threads used by multi-threaded kernels (0 = all cores). */
+void spqr_set_num_threads(int n);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                    */
+
+typedef struct spqr_model spqr_model;
+typedef struct spqr_tokenizer spqr_tokenizer;
+
+typedef struct spqr_config {
+    int dim;            /* hidden size                                       */
+    int hidden_dim;     /* MLP intermediate size                             */
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int vocab_size;
+    int max_seq_len;    /* context length                                    */
+    float norm_eps;
+    float rope_theta;
+    int rope_interleaved; /* 1: llama2.c pairs (2i,2i+1); 0: HF rotate-half  */
+    int tied_embeddings;
+    int bos_id, eos_id;
+} spqr_config;
+
+/* Load a model from a Hugging Face folder, a llama2.c .bin checkpoint or a
+ * .spqr file (detected from the path and file contents). tokenizer_path may
+ * be NULL: HF folders and .spqr files carry their own tokenizer; llama2.c
+ * checkpoints need one (tokenizer.bin). On success *out is owned by caller. */
+spqr_status spqr_model_load(const char *path, const char *tokenizer_path,
+                            spqr_model **out);
+void spqr_model_free(spqr_model *m);
+
+/* Borrowed; valid while m lives. */
+const spqr_config *spqr_model_config(const spqr_model *m);
+/* Borrowed tokenizer of the model (NULL if the model has none). */
+spqr_tokenizer *spqr_model_tokenizer(spqr_model *m);
+/* Number of NaN/Inf values seen in the weights at load time (warned). */
+int64_t spqr_model_nonfinite_count(const spqr_model *m);
+
+/* ------------------------------------------------------------------------ */
+/* Tokenizers                                                                */
+
+/* Load tokenizer.json, tokenizer.model (SentencePiece protobuf) or a llama2.c
+ * tokenizer.bin (detected from contents). *out owned by caller. */
+spqr_status spqr_tokenizer_load(const char *path, spqr_tokenizer **out);
+void spqr_tokenizer_free(spqr_tokenizer *t);
+
+int spqr_tokenizer_vocab_size(const spqr_tokenizer *t);
+
+/* Encode text (len bytes, UTF-8) the way SentencePiece does: dummy prefix,
+ * BPE merges, byte fallback; special-token strings in the text are treated
+ * as plain text. If add_bos, ids[0] is BOS. *ids is owned by caller. */
+spqr_status spqr_tokenizer_encode(const spqr_tokenizer *t, const char *text,
+                                  size_t len, int add_bos, int32_t **ids,
+                                  size_t *n_ids);
+
+/* The bytes a token prints as when it follows prev_id (llama2.c/SentencePiece
+ * decoding: a leading space is dropped after BOS, byte tokens give their
+ * byte). Borrowed; *len receives the byte count. */
+const char *spqr_tokenizer_decode(const spqr_tokenizer *t, int32_t prev_id,
+                                  int32_t id, size_t *len);
+
+/* ------------------------------------------------------------------------ */
+/* Inference                                                                 */
+
+/* Full-sequence forward (prefill): logits[n_tokens][vocab] for tokens at
+ * positions 0..n-1. logits is caller-allocated. */
+spqr_status spqr_forward(spqr_model *m, const int32_t *tokens, int n_tokens,
+                         float *logits);
+
+/* KV-cached incremental decoding. */
+typedef struct spqr_session spqr_session;
+spqr_status spqr_session_new(spqr_model *m, spqr_session **out);
+void spqr_session_free(spqr_session *s);
+/* Feed one token at the next position; *logits (borrowed, vocab floats)
+ * stays valid until the next call. */
+spqr_status spqr_session_step(spqr_session *s, int32_t token,
+                              const float **logits);
+int spqr_session_pos(const spqr_session *s);
+
+/* ------------------------------------------------------------------------ */
+/* Evaluation                                                                */
+
+typedef struct spqr_ppl_result {
+    double nll;            /* mean negative log-likelihood, nats/token */
+    double ppl;            /* exp(nll)                                 */
+    int64_t tokens_scored;
+    int64_t tokens_total;  /* BOS + text tokens                        */
+    int64_t windows;
+    double seconds;
+} spqr_ppl_result;
+
+/* Perplexity with the REFERENCE.json protocol: CRLF->LF, one BOS, the ids of
+ * the whole text, non-overlapping windows of seqlen tokens from the start,
+ * every next-token target in a window scored, the remainder dropped. */
+spqr_status spqr_eval_perplexity(spqr_model *m, const char *text, size_t len,
+                                 int seqlen, spqr_ppl_result *res);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPQR_H */

@@ -1,0 +1,159 @@
+/* packed.h - the kernel-friendly packed form of one quantized linear layer.
+ *
+ * A spqr_packed holds exactly the information of a spqr_qlayer (codes,
+ * statistics, outliers, permutation; see quant/qlayer.h for the meaning and
+ * for THE definition of dequantization) re-arranged into a few flat arrays
+ * ("sections") that the CPU kernels stream through once per matrix product.
+ * Every section is one contiguous little-endian buffer with a byte size fixed
+ * by the geometry (and, for the outlier sections, by the outlier count), so a
+ * file writer stores them verbatim and a reader points them into a mapped
+ * file without copying (spqr_packed_from_sections validates everything).
+ *
+ * ---- Layout ("SpQR packed v1") -------------------------------------------
+ *
+ * Geometry (stored by the writer as metadata; all small integers):
+ *   R = rows, C = cols, B = wbits (2..8), beta1 (>= 1), beta2 (>= 0),
+ *   sbits, zbits (1..8 each when beta2 > 0; ignored, 0..8, when beta2 == 0).
+ * Derived:
+ *   G   = ceil(C / beta1)              first-level groups (last may be partial)
+ *   NRB = ceil(R / beta2)              second-level row blocks (0 if beta2 == 0)
+ *   T   = ceil(R / 16)                 row tiles of 16 rows
+ *   CW  = ceil(C * B / 32)             code words per row
+ *   SZ  = sbits + zbits
+ *   SW  = ceil(G * SZ / 32)            statistic-code words per row
+ *   I   = uint16 if C <= 65535, else uint32   (index type, see below)
+ * All columns are PERMUTED columns (qlayer order); row r lives in tile
+ * t = r / 16 at lane l = r % 16. Rows R..16T-1 of the last tile are padding.
+ *
+ * Row bit streams. Row r's codes form a little-endian bit stream in which the
+ * code of column j occupies bits [j*B, j*B + B) (least significant bit
+ * first); the stream is cut into 32-bit words, word w holding stream bits
+ * [32w, 32w + 32). Bits past C*B and padding rows are zero. The words of the
+ * 16 rows of a tile are interleaved ("lane-interleaved"), so that one 64-byte
+ * vector holds word w of all 16 rows and a kernel decodes one column for 16
+ * rows with one shift (+ one permute/convert); 32 consecutive columns always
+ * use exactly B whole words.
+ *
+ * Sections (name: element type [dimensions], outermost first):
+ *   "codes"      uint32 [T][CW][16]   word w of row 16t+l at [t][w][l]
+ *   "stat_codes" uint32 [T][SW][16]   (beta2 > 0 only) the same arrangement
+ *                                     for a bit stream of SZ-bit fields, one
+ *                                     per group g at bits [g*SZ, g*SZ + SZ):
+ *                                     field = scale_code | zero_code << sbits
+ *   "stats2"     fp16   [NRB][G][4]   (beta2 > 0 only) second-level stats of
+ *                                     (row block, group): s2_scale, s2_zero,
+ *                                     z2_scale, z2_zero
+ *   "stats"      fp16   [T][G][2][16] (beta2 == 0 only) scale of the 16 rows
+ *                                     of tile t for group g, then their zeros;
+ *                                     padding rows zero
+ *   "perm"       I      [C]           permuted column j = original column
+ *                                     perm[j]; must be a permutation
+ *   "ol_count"   I      [R]           outliers per row (sum = N)
+ *   "ol_col"     I      [N]           permuted column of each outlier, sorted
+ *                                     by row, then strictly ascending column
+ *   "ol_val"     fp16   [N]           residual added to the dense value
+ * N (the outlier count) is implied by the size of "ol_col". Outlier row
+ * offsets are rebuilt in memory at load time. Empty sections (N == 0) have
+ * size 0. Exact byte sizes:
+ *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*G, stats = 64*T*G,
+ *   perm = |I|*C, ol_count = |I|*R, ol_col = |I|*N, ol_val = 2*N.
+ * Buffers must be aligned to their element size (64 bytes is recommended and
+ * is what spqr_pack allocates); writers should start each section on a
+ * 64-byte boundary.
+ *
+ * Size: for beta1 = beta2 = 16, B = 4, sbits = zbits = 3, 512 x 512 with 1%
+ * outliers this is 164084 bytes vs 162030 by the paper's formula (+1.3%: the
+ * permutation and the per-row outlier counts, which the formula omits).
+ * Compared with the bit-plane layout (one uint16 plane word per bit, column
+ * and tile) the size is the same, but decoding one column costs a shift and a
+ * permute instead of B masked adds, and 3-bit codes need no special case.
+ */
+#ifndef SPQR_PACKED_H
+#define SPQR_PACKED_H
+
+#include "../quant/qlayer.h"
+
+#define SPQR_PACKED_TILE 16
+#define SPQR_PACKED_MAX_SECTIONS 8
+
+typedef struct spqr_packed_geom {
+    int32_t rows, cols, wbits, beta1, beta2, sbits, zbits;
+} spqr_packed_geom;
+
+typedef struct spqr_packed_section {
+    const char *name;   /* static string: "codes", "stat_codes", ...         */
+    const void *data;   /* may be NULL when bytes == 0                        */
+    size_t bytes;
+} spqr_packed_section;
+
+typedef struct spqr_packed {
+    /* geometry */
+    int32_t rows, cols, wbits, beta1, beta2, sbits, zbits;
+    /* derived */
+    int32_t ngroups, nrb, ntiles;
+    int64_t code_words;   /* CW: words per row in "codes"                    */
+    int64_t stat_words;   /* SW: words per row in "stat_codes" (0 if plain)  */
+    int64_t n_outliers;
+    int wide;             /* 1: index type uint32 (cols > 65535), else uint16 */
+
+    /* sections (borrowed from a file or owned, see owned[]) */
+    const uint32_t *codes;
+    const uint32_t *stat_codes; /* beta2 > 0  */
+    const uint16_t *stats2;     /* beta2 > 0  */
+    const uint16_t *stats;      /* beta2 == 0 */
+    const void *perm;           /* uint16 / uint32 */
+    const void *ol_count;       /* uint16 / uint32 */
+    const void *ol_col;         /* uint16 / uint32 */
+    const uint16_t *ol_val;
+
+    /* rebuilt at load: outliers of row r are [ol_row_ptr[r], ol_row_ptr[r+1]) */
+    int64_t *ol_row_ptr;        /* [rows + 1], owned */
+
+    void *owned[SPQR_PACKED_MAX_SECTIONS]; /* buffers freed by spqr_packed_free */
+} spqr_packed;
+
+/* Build the packed form of q (which is not modified). The sections are owned
+ * by *out (64-byte aligned). Returns SPQR_ERR_INVALID_ARG if q is
+ * inconsistent (bad geometry, unsorted or out-of-range outliers, perm not a
+ * permutation, codes or stat codes out of range), SPQR_ERR_NOMEM. */
+spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out);
+
+/* Convert back: *q receives freshly malloc'd arrays (release with
+ * spqr_qlayer_free, which free()s every array) holding exactly the codes,
+ * statistics, outliers and permutation that were packed. Arrays that do not
+ * apply to the statistics kind (bilevel vs fp16) are NULL, as are ol_col and
+ * ol_val when there are no outliers. */
+spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q);
+
+/* Free the owned buffers and zero the struct (NULL is allowed). */
+void spqr_packed_free(spqr_packed *p);
+
+/* The geometry of p. */
+void spqr_packed_geometry(const spqr_packed *p, spqr_packed_geom *g);
+
+/* List the sections of p (those that apply to its statistics kind, in the
+ * order of the table above, empty ones included) into out[0..max). Returns
+ * the number of sections (<= SPQR_PACKED_MAX_SECTIONS) or -1 if max is too
+ * small. */
+int spqr_packed_sections(const spqr_packed *p, spqr_packed_section out[], int max);
+
+/* The byte size that section `name` must have for geometry g and n_outliers
+ * outliers. Returns SPQR_ERR_FORMAT for a bad geometry, an unknown name or a
+ * section that does not apply to g, SPQR_ERR_NOMEM on size overflow. */
+spqr_status spqr_packed_section_bytes(const spqr_packed_geom *g, const char *name, int64_t n_outliers,
+                                      size_t *bytes);
+
+/* Point *out at the given sections (borrowed: they must outlive *out; only
+ * the rebuilt outlier row offsets are allocated). Every section of the
+ * geometry's statistics kind must appear exactly once with its exact size;
+ * geometry, sizes, alignment, outlier counts and columns and the permutation
+ * are all validated (the data may come from an untrusted file): any
+ * inconsistency returns SPQR_ERR_FORMAT with a message. After success the
+ * kernels never read out of bounds, whatever the code bits are. */
+spqr_status spqr_packed_from_sections(const spqr_packed_geom *g, const spqr_packed_section *sec, int nsec,
+                                      spqr_packed *out);
+
+/* Total bytes of all sections. */
+size_t spqr_packed_bytes(const spqr_packed *p);
+
+#endif

@@ -1,0 +1,359 @@
+/* qgemm_avx2.c - AVX2/FMA/F16C tile kernel for packed SpQR layers and dense
+ * matrix-vector products. Same algorithm as qgemm_avx512.c (see there), with
+ * each 16-row tile split into two 8-lane halves. */
+#include <immintrin.h>
+
+#include "kernels_internal.h"
+
+#define AI static inline __attribute__((always_inline))
+
+typedef struct kctx {
+    const spqr_packed *W;
+    const spqr_qg_job *job;
+    int64_t tile;
+    float *cbuf;  /* [SPQR_QG_CH][16] decoded codes of the current chunk */
+    float *sbuf;  /* [groups of chunk][2][16] scale, zero                */
+    float *state; /* [nt][2][16]: y accumulator, unfinished group dot    */
+} kctx;
+
+/* ---- code decoding ------------------------------------------------------------- */
+
+AI void dec_block(const uint32_t *wp, float *out, const int B) {
+    const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
+    __m256i w[9][2];
+#pragma GCC unroll 9
+    for (int i = 0; i < 9; i++) {
+        w[i][0] = i < B ? _mm256_loadu_si256((const __m256i *)(wp + 16 * i)) : _mm256_setzero_si256();
+        w[i][1] = i < B ? _mm256_loadu_si256((const __m256i *)(wp + 16 * i + 8)) : _mm256_setzero_si256();
+    }
+#pragma GCC unroll 32
+    for (int k = 0; k < 32; k++) {
+        const int p = k * B, wi = p >> 5, s = p & 31;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i v = s ? _mm256_srli_epi32(w[wi][h], s) : w[wi][h];
+            if (s + B > 32) v = _mm256_or_si256(v, _mm256_slli_epi32(w[wi + 1][h], 32 - s));
+            if (s + B < 32 || s + B > 32) v = _mm256_and_si256(v, mask);
+            _mm256_store_ps(out + 16 * k + 8 * h, _mm256_cvtepi32_ps(v));
+        }
+    }
+}
+
+AI void dec_chunk_b(const kctx *c, int64_t c0, int64_t c1, const int B) {
+    const spqr_packed *W = c->W;
+    const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
+    for (int64_t j = c0; j < c1; j += 32) {
+        const int64_t w0 = (j >> 5) * B;
+        float *out = c->cbuf + (j - c0) * 16;
+        if (w0 + B <= W->code_words) {
+            dec_block(tw + w0 * 16, out, B);
+        } else {
+            uint32_t tmp[8 * 16] __attribute__((aligned(64)));
+            memset(tmp, 0, sizeof tmp);
+            memcpy(tmp, tw + w0 * 16, (size_t)(W->code_words - w0) * 16 * sizeof(uint32_t));
+            dec_block(tmp, out, B);
+        }
+    }
+}
+
+static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
+    switch (c->W->wbits) {
+    case 2: dec_chunk_b(c, c0, c1, 2); break;
+    case 3: dec_chunk_b(c, c0, c1, 3); break;
+    case 4: dec_chunk_b(c, c0, c1, 4); break;
+    case 5: dec_chunk_b(c, c0, c1, 5); break;
+    case 6: dec_chunk_b(c, c0, c1, 6); break;
+    case 7: dec_chunk_b(c, c0, c1, 7); break;
+    default: dec_chunk_b(c, c0, c1, 8); break;
+    }
+}
+
+/* ---- statistics ---------------------------------------------------------------- */
+
+static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
+    const spqr_packed *W = c->W;
+    const int64_t G = W->ngroups, t = c->tile;
+    if (W->beta2 == 0) {
+        for (int64_t g = g0; g <= g1; g++) {
+            const uint16_t *e = W->stats + ((t * G + g) * 2) * 16;
+            float *o = c->sbuf + (g - g0) * 32;
+            for (int i = 0; i < 4; i++)
+                _mm256_store_ps(o + 8 * i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(e + 8 * i))));
+        }
+        return;
+    }
+    const int sb = W->sbits, SZ = W->sbits + W->zbits;
+    const uint32_t *sw = W->stat_codes + t * W->stat_words * 16;
+    const __m256i smask = _mm256_set1_epi32((1 << W->sbits) - 1), zmask = _mm256_set1_epi32((1 << W->zbits) - 1);
+    const __m128i sbc = _mm_cvtsi32_si128(sb);
+    const bool tile_rb = W->beta2 % 16 == 0;
+    const int64_t rb_t = t * 16 / W->beta2;
+    for (int64_t g = g0; g <= g1; g++) {
+        const int64_t p = g * SZ, w = p >> 5;
+        const int s = (int)(p & 31);
+        const __m128i sc_lo = _mm_cvtsi32_si128(s), sc_hi = _mm_cvtsi32_si128(32 - s);
+        __m256 s2s, s2z, z2s, z2z;
+        float a[4][16] __attribute__((aligned(32)));
+        if (tile_rb) {
+            const uint16_t *e = W->stats2 + (rb_t * G + g) * 4;
+            const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
+            s2s = _mm256_broadcastss_ps(q);
+            s2z = _mm256_broadcastss_ps(_mm_shuffle_ps(q, q, 0x55));
+            z2s = _mm256_broadcastss_ps(_mm_shuffle_ps(q, q, 0xAA));
+            z2z = _mm256_broadcastss_ps(_mm_shuffle_ps(q, q, 0xFF));
+        } else {
+            for (int l = 0; l < 16; l++) {
+                int64_t r = t * 16 + l;
+                if (r >= W->rows) r = W->rows - 1;
+                const uint16_t *e = W->stats2 + ((r / W->beta2) * G + g) * 4;
+                const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
+                float f[4];
+                _mm_storeu_ps(f, q);
+                for (int i = 0; i < 4; i++) a[i][l] = f[i];
+            }
+            s2s = s2z = z2s = z2z = _mm256_setzero_ps();
+        }
+        float *o = c->sbuf + (g - g0) * 32;
+        for (int h = 0; h < 2; h++) {
+            __m256i v = _mm256_srl_epi32(_mm256_loadu_si256((const __m256i *)(sw + w * 16 + 8 * h)), sc_lo);
+            if (s + SZ > 32)
+                v = _mm256_or_si256(v, _mm256_sll_epi32(_mm256_loadu_si256((const __m256i *)(sw + (w + 1) * 16 + 8 * h)),
+                                                        sc_hi));
+            const __m256 sc = _mm256_cvtepi32_ps(_mm256_and_si256(v, smask));
+            const __m256 zc = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(v, sbc), zmask));
+            if (!tile_rb) {
+                s2s = _mm256_load_ps(a[0] + 8 * h);
+                s2z = _mm256_load_ps(a[1] + 8 * h);
+                z2s = _mm256_load_ps(a[2] + 8 * h);
+                z2z = _mm256_load_ps(a[3] + 8 * h);
+            }
+            _mm256_store_ps(o + 8 * h, _mm256_mul_ps(s2s, _mm256_sub_ps(sc, s2z)));
+            _mm256_store_ps(o + 16 + 8 * h, _mm256_mul_ps(z2s, _mm256_sub_ps(zc, z2z)));
+        }
+    }
+}
+
+/* ---- token kernel --------------------------------------------------------------- */
+
+AI void run_tokens(const kctx *c, int64_t c0, int64_t c1, int64_t g0, int tt, const int NT) {
+    const spqr_packed *W = c->W;
+    const int64_t C = W->cols, G = W->ngroups, beta1 = W->beta1;
+    enum { MAXT = 4 };
+    const int P = NT == 1 ? 4 : NT == 2 ? 2 : 1;
+    __m256 d[MAXT][4][2];
+    const float *xr[MAXT], *xsr[MAXT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        d[t][0][0] = _mm256_load_ps(c->state + (tt + t) * 32 + 16);
+        d[t][0][1] = _mm256_load_ps(c->state + (tt + t) * 32 + 24);
+#pragma GCC unroll 4
+        for (int p = 1; p < P; p++) d[t][p][0] = d[t][p][1] = _mm256_setzero_ps();
+        xr[t] = c->job->xp + (size_t)(tt + t) * (size_t)C;
+        xsr[t] = c->job->xs + (size_t)(tt + t) * (size_t)G;
+    }
+    int64_t g = c0 / beta1;
+    int64_t gend = (g + 1) * beta1 < C ? (g + 1) * beta1 : C;
+    int64_t j = c0;
+    while (j < c1) {
+        const int64_t e = gend < c1 ? gend : c1;
+        const float *cb = c->cbuf + (j - c0) * 16;
+        const int64_t n = e - j;
+        int64_t k = 0;
+        for (; k + P <= n; k += P) {
+#pragma GCC unroll 4
+            for (int p = 0; p < P; p++) {
+                const __m256 c0v = _mm256_load_ps(cb + (k + p) * 16), c1v = _mm256_load_ps(cb + (k + p) * 16 + 8);
+#pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    const __m256 xv = _mm256_broadcast_ss(xr[t] + j + k + p);
+                    d[t][p][0] = _mm256_fmadd_ps(c0v, xv, d[t][p][0]);
+                    d[t][p][1] = _mm256_fmadd_ps(c1v, xv, d[t][p][1]);
+                }
+            }
+        }
+        for (; k < n; k++) {
+            const __m256 c0v = _mm256_load_ps(cb + k * 16), c1v = _mm256_load_ps(cb + k * 16 + 8);
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const __m256 xv = _mm256_broadcast_ss(xr[t] + j + k);
+                d[t][0][0] = _mm256_fmadd_ps(c0v, xv, d[t][0][0]);
+                d[t][0][1] = _mm256_fmadd_ps(c1v, xv, d[t][0][1]);
+            }
+        }
+        if (e == gend) {
+            const float *sp = c->sbuf + (g - g0) * 32;
+#pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                const __m256 xs = _mm256_broadcast_ss(xsr[t] + g);
+                float *yp = c->state + (tt + t) * 32;
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) {
+                    __m256 dt = d[t][0][h];
+                    if (P >= 2) dt = _mm256_add_ps(dt, d[t][1][h]);
+                    if (P == 4) dt = _mm256_add_ps(dt, _mm256_add_ps(d[t][2][h], d[t][3][h]));
+                    const __m256 v = _mm256_fnmadd_ps(_mm256_load_ps(sp + 16 + 8 * h), xs, dt);
+                    _mm256_store_ps(yp + 8 * h, _mm256_fmadd_ps(_mm256_load_ps(sp + 8 * h), v, _mm256_load_ps(yp + 8 * h)));
+#pragma GCC unroll 4
+                    for (int p = 0; p < P; p++) d[t][p][h] = _mm256_setzero_ps();
+                }
+            }
+            g++;
+            gend = gend + beta1 < C ? gend + beta1 : C;
+        }
+        j = e;
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256 dt = d[t][0][h];
+            if (P >= 2) dt = _mm256_add_ps(dt, d[t][1][h]);
+            if (P == 4) dt = _mm256_add_ps(dt, _mm256_add_ps(d[t][2][h], d[t][3][h]));
+            _mm256_store_ps(c->state + (tt + t) * 32 + 16 + 8 * h, dt);
+        }
+    }
+}
+
+static void run_chunk(const kctx *c, int64_t c0, int64_t c1, int64_t g0) {
+    const int nt = c->job->nt;
+    for (int tt = 0; tt < nt; tt += 4) {
+        switch (nt - tt < 4 ? nt - tt : 4) {
+        case 1: run_tokens(c, c0, c1, g0, tt, 1); break;
+        case 2: run_tokens(c, c0, c1, g0, tt, 2); break;
+        case 3: run_tokens(c, c0, c1, g0, tt, 3); break;
+        default: run_tokens(c, c0, c1, g0, tt, 4); break;
+        }
+    }
+}
+
+/* ---- outliers ------------------------------------------------------------------ */
+
+static void outliers(const kctx *c) {
+    const spqr_packed *W = c->W;
+    const int64_t R = W->rows, C = W->cols;
+    const int nt = c->job->nt;
+    for (int l = 0; l < 16; l++) {
+        const int64_t r = c->tile * 16 + l;
+        if (r >= R) break;
+        const int64_t k0 = W->ol_row_ptr[r], k1 = W->ol_row_ptr[r + 1];
+        if (k0 == k1) continue;
+        for (int t = 0; t < nt; t++) {
+            const float *x = c->job->xp + (size_t)t * (size_t)C;
+            float a0 = 0.0f, a1 = 0.0f;
+            int64_t k = k0;
+            if (W->wide) {
+                const uint32_t *col = W->ol_col;
+                for (; k + 1 < k1; k += 2) {
+                    a0 += _cvtsh_ss(W->ol_val[k]) * x[col[k]];
+                    a1 += _cvtsh_ss(W->ol_val[k + 1]) * x[col[k + 1]];
+                }
+                if (k < k1) a0 += _cvtsh_ss(W->ol_val[k]) * x[col[k]];
+            } else {
+                const uint16_t *col = W->ol_col;
+                for (; k + 1 < k1; k += 2) {
+                    a0 += _cvtsh_ss(W->ol_val[k]) * x[col[k]];
+                    a1 += _cvtsh_ss(W->ol_val[k + 1]) * x[col[k + 1]];
+                }
+                if (k < k1) a0 += _cvtsh_ss(W->ol_val[k]) * x[col[k]];
+            }
+            c->job->Y[(size_t)t * (size_t)R + (size_t)r] += a0 + a1;
+        }
+    }
+}
+
+/* ---- tile driver ------------------------------------------------------------------- */
+
+void spqr_qg_tile_avx2(const spqr_qg_job *job, int64_t tile, void *scratch) {
+    const spqr_packed *W = job->W;
+    const int64_t C = W->cols, R = W->rows, beta1 = W->beta1;
+    char *s = scratch;
+    kctx c;
+    c.W = W;
+    c.job = job;
+    c.tile = tile;
+    c.cbuf = (float *)s;
+    s += (size_t)SPQR_QG_CH * 16 * sizeof(float);
+    c.sbuf = (float *)s;
+    s += (((size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float)) + 63) & ~(size_t)63;
+    c.state = (float *)s;
+    memset(c.state, 0, (size_t)job->nt * 32 * sizeof(float));
+
+    for (int64_t c0 = 0; c0 < C; c0 += SPQR_QG_CH) {
+        const int64_t c1 = c0 + SPQR_QG_CH < C ? c0 + SPQR_QG_CH : C;
+        dec_chunk(&c, c0, c1);
+        const int64_t g0 = c0 / beta1, g1 = (c1 - 1) / beta1;
+        dec_stats(&c, g0, g1);
+        run_chunk(&c, c0, c1, g0);
+    }
+    const int64_t r0 = tile * 16;
+    const int64_t nr = R - r0 < 16 ? R - r0 : 16;
+    for (int t = 0; t < job->nt; t++)
+        memcpy(job->Y + (size_t)t * (size_t)R + (size_t)r0, c.state + t * 32, (size_t)nr * sizeof(float));
+    if (W->n_outliers > 0) outliers(&c);
+}
+
+/* ---- dense matrix-vector ---------------------------------------------------------- */
+
+AI __m256 load_w8(spqr_dtype dt, const void *row, int64_t c) {
+    if (dt == SPQR_DT_F32) return _mm256_loadu_ps((const float *)row + c);
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + c));
+    if (dt == SPQR_DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+AI float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AI float w_at(spqr_dtype dt, const void *row, int64_t c) {
+    if (dt == SPQR_DT_F32) return ((const float *)row)[c];
+    const uint16_t h = ((const uint16_t *)row)[c];
+    return dt == SPQR_DT_F16 ? _cvtsh_ss(h) : spqr_bf16_to_f32(h);
+}
+
+AI void gemv_rows_dt(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, int64_t cols, const float *x, float *y) {
+    const size_t es = dt == SPQR_DT_F32 ? 4 : 2;
+    const char *base = W;
+    const int64_t cv = cols & ~(int64_t)15;
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        const void *w[4];
+        for (int i = 0; i < 4; i++) w[i] = base + (size_t)(r + i) * cols * es;
+        __m256 a[4][2];
+        for (int i = 0; i < 4; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < cv; c += 16) {
+            const __m256 x0 = _mm256_loadu_ps(x + c), x1 = _mm256_loadu_ps(x + c + 8);
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                a[i][0] = _mm256_fmadd_ps(load_w8(dt, w[i], c), x0, a[i][0]);
+                a[i][1] = _mm256_fmadd_ps(load_w8(dt, w[i], c + 8), x1, a[i][1]);
+            }
+        }
+        for (int i = 0; i < 4; i++) {
+            float s = hsum8(_mm256_add_ps(a[i][0], a[i][1]));
+            for (int64_t c = cv; c < cols; c++) s += w_at(dt, w[i], c) * x[c];
+            y[r + i] = s;
+        }
+    }
+    for (; r < r1; r++) {
+        const void *w0 = base + (size_t)r * cols * es;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (int64_t c = 0; c < cv; c += 16) {
+            a0 = _mm256_fmadd_ps(load_w8(dt, w0, c), _mm256_loadu_ps(x + c), a0);
+            a1 = _mm256_fmadd_ps(load_w8(dt, w0, c + 8), _mm256_loadu_ps(x + c + 8), a1);
+        }
+        float s = hsum8(_mm256_add_ps(a0, a1));
+        for (int64_t c = cv; c < cols; c++) s += w_at(dt, w0, c) * x[c];
+        y[r] = s;
+    }
+}
+
+void spqr_gemv_rows_avx2(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, int64_t cols, const float *x,
+                         float *y) {
+    if (dt == SPQR_DT_F32) gemv_rows_dt(SPQR_DT_F32, W, r0, r1, cols, x, y);
+    else if (dt == SPQR_DT_F16) gemv_rows_dt(SPQR_DT_F16, W, r0, r1, cols, x, y);
+    else gemv_rows_dt(SPQR_DT_BF16, W, r0, r1, cols, x, y);
+}

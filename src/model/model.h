@@ -1,0 +1,100 @@
+/* model.h - internal model representation shared by loaders, the forward
+ * pass, the quantization pipeline and the file writer. */
+#ifndef SPQR_MODEL_H
+#define SPQR_MODEL_H
+
+#include "../util/common.h"
+
+struct spqr_packed;
+
+/* A 2-D weight [rows][cols] (or a vector with rows == 1) in its stored dtype,
+ * usually pointing into a mapped file. */
+typedef struct spqr_tensor {
+    const void *data;
+    spqr_dtype dt;
+    int64_t rows, cols;
+} spqr_tensor;
+
+typedef enum spqr_linear_kind { SPQR_LIN_DENSE = 0, SPQR_LIN_PACKED = 1 } spqr_linear_kind;
+
+/* y = W x (+ bias); W is [rows = out_features][cols = in_features]. */
+typedef struct spqr_linear {
+    spqr_linear_kind kind;
+    int rows, cols;
+    spqr_tensor w;             /* DENSE                                     */
+    struct spqr_packed *pk;    /* PACKED (owned by the model)               */
+    const float *bias;         /* optional [rows] float32, NULL if none     */
+} spqr_linear;
+
+enum { SPQR_LIN_Q, SPQR_LIN_K, SPQR_LIN_V, SPQR_LIN_O, SPQR_LIN_GATE, SPQR_LIN_UP, SPQR_LIN_DOWN, SPQR_LIN_PER_BLOCK };
+extern const char *const spqr_linear_names[SPQR_LIN_PER_BLOCK]; /* "q_proj", ... */
+
+typedef struct spqr_block {
+    const float *attn_norm; /* [dim] float32 */
+    const float *ffn_norm;  /* [dim] float32 */
+    spqr_linear lin[SPQR_LIN_PER_BLOCK];
+} spqr_block;
+
+typedef enum spqr_model_source { SPQR_SRC_HF = 1, SPQR_SRC_LLAMA2C = 2, SPQR_SRC_SPQR = 3 } spqr_model_source;
+
+struct spqr_model {
+    spqr_config cfg;
+    spqr_model_source source;
+    char *path;
+    spqr_tensor tok_emb;        /* [vocab][dim]                              */
+    const float *final_norm;    /* [dim]                                     */
+    spqr_linear head;           /* [vocab][dim], may alias tok_emb           */
+    spqr_block *blocks;         /* [n_layers]                                */
+    spqr_tokenizer *tok;        /* owned, may be NULL                        */
+    char *provenance;           /* JSON text for .spqr files, else NULL      */
+    char *config_json;          /* original config.json text (HF), or NULL   */
+    int64_t nonfinite;
+
+    /* storage owned by the model */
+    void *storage;              /* loader-specific (st_set, mmap, container) */
+    void (*storage_free)(void *);
+    void **owned;
+    int n_owned, cap_owned;
+};
+
+/* Keep p (malloc'd) alive until the model is freed. Frees p on failure. */
+spqr_status spqr_model_own(spqr_model *m, void *p);
+/* Allocate a float copy of a tensor's elements owned by the model. */
+spqr_status spqr_model_f32_copy(spqr_model *m, const void *src, spqr_dtype dt, size_t n, const float **out);
+
+spqr_status spqr_model_alloc(spqr_model **out);
+/* Check a config for sane values (positive sizes, divisibility, ...). */
+spqr_status spqr_config_check(const spqr_config *c, const char *path);
+
+spqr_status spqr_load_hf(const char *dir, spqr_model *m);
+spqr_status spqr_load_llama2c(const char *path, spqr_model *m);
+spqr_status spqr_load_spqr(const char *path, spqr_model *m);
+
+/* Count NaN/Inf in a float-like buffer. */
+int64_t spqr_count_nonfinite(const void *data, spqr_dtype dt, size_t n);
+
+/* ---- forward ---------------------------------------------------------- */
+
+/* Y[T][rows] = X[T][cols] W^T (+ bias). */
+spqr_status spqr_linear_forward(const spqr_linear *l, const float *X, int T, float *Y);
+
+/* Observer of the inputs of linear layers during a block forward (used by
+ * calibration): called with the [T][cols] activations that enter the
+ * linears of `which` (SPQR_LIN_Q for q/k/v, SPQR_LIN_O, SPQR_LIN_GATE for
+ * gate/up, SPQR_LIN_DOWN). Returning nonzero stops the block forward early
+ * (output then undefined). */
+typedef int (*spqr_block_hook)(void *user, int which, const float *X, int T, int cols);
+
+/* Run block `layer` in place on nseq independent sequences of T1 tokens,
+ * X[nseq*T1][dim] (positions 0..T1-1 in each). Hooks see all nseq*T1 rows. */
+spqr_status spqr_block_forward(const spqr_model *m, int layer, float *X, int nseq, int T1, spqr_block_hook hook,
+                               void *user);
+
+/* Embedding rows for tokens into X[T][dim]. */
+void spqr_embed(const spqr_model *m, const int32_t *tokens, int T, float *X);
+/* Final norm + head: logits[T][vocab] from X[T][dim] (X is overwritten). */
+spqr_status spqr_final_logits(const spqr_model *m, float *X, int T, float *logits);
+
+void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+#endif

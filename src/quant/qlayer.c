@@ -1,0 +1,226 @@
+/* qlayer.c - allocation, dequantization and size accounting of a quantized
+ * layer (the definition of dequantization is the header comment of qlayer.h). */
+#include "qlayer.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static int32_t ceil_div(int32_t a, int32_t b) { return (int32_t)(((int64_t)a + b - 1) / b); }
+
+spqr_status spqr_qlayer_alloc(spqr_qlayer *q, int32_t rows, int32_t cols,
+                              int32_t wbits, int32_t beta1, int32_t beta2,
+                              int32_t sbits, int32_t zbits) {
+    if (!q) return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer_alloc: NULL layer");
+    memset(q, 0, sizeof *q);
+    if (rows < 1 || cols < 1)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer_alloc: bad shape %dx%d", (int)rows, (int)cols);
+    if (wbits < 2 || wbits > 8)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer_alloc: weight bits %d not in 2..8", (int)wbits);
+    if (beta1 < 0)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer_alloc: negative group size %d", (int)beta1);
+    if (beta2 < 0)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer_alloc: negative statistic block size %d",
+                         (int)beta2);
+    if (beta2 > 0 && (sbits < 1 || sbits > 8 || zbits < 1 || zbits > 8))
+        return spqr_fail(SPQR_ERR_INVALID_ARG,
+                         "qlayer_alloc: statistic bits (scale %d, zero %d) not in 1..8",
+                         (int)sbits, (int)zbits);
+    if (beta1 == 0) beta1 = cols;
+
+    q->rows = rows;
+    q->cols = cols;
+    q->wbits = wbits;
+    q->beta1 = beta1;
+    q->beta2 = beta2;
+    q->sbits = sbits;
+    q->zbits = zbits;
+    q->ngroups = ceil_div(cols, beta1);
+    q->nrb = beta2 > 0 ? ceil_div(rows, beta2) : 0;
+
+    size_t nw, ns, n2;
+    if (!spqr_mul_size((size_t)rows, (size_t)cols, &nw) ||
+        !spqr_mul_size((size_t)q->ngroups, (size_t)rows, &ns) ||
+        !spqr_mul_size((size_t)q->ngroups, (size_t)(q->nrb > 0 ? q->nrb : 1), &n2))
+        return spqr_fail(SPQR_ERR_NOMEM, "qlayer_alloc: layer %dx%d too large", (int)rows, (int)cols);
+
+    bool ok = true;
+    q->perm = spqr_malloc_array((size_t)cols, sizeof *q->perm);
+    q->codes = spqr_calloc_array(nw, 1);
+    q->row_ptr = spqr_calloc_array((size_t)rows + 1, sizeof *q->row_ptr);
+    ok = q->perm && q->codes && q->row_ptr;
+    if (beta2 > 0) {
+        q->scale_code = spqr_calloc_array(ns, 1);
+        q->zero_code = spqr_calloc_array(ns, 1);
+        q->s2_scale = spqr_calloc_array(n2, sizeof(uint16_t));
+        q->s2_zero = spqr_calloc_array(n2, sizeof(uint16_t));
+        q->z2_scale = spqr_calloc_array(n2, sizeof(uint16_t));
+        q->z2_zero = spqr_calloc_array(n2, sizeof(uint16_t));
+        ok = ok && q->scale_code && q->zero_code && q->s2_scale && q->s2_zero && q->z2_scale &&
+             q->z2_zero;
+    } else {
+        q->scale_f16 = spqr_calloc_array(ns, sizeof(uint16_t));
+        q->zero_f16 = spqr_calloc_array(ns, sizeof(uint16_t));
+        ok = ok && q->scale_f16 && q->zero_f16;
+    }
+    if (!ok) {
+        spqr_qlayer_free(q);
+        return spqr_fail(SPQR_ERR_NOMEM, "qlayer_alloc: out of memory for a %dx%d layer", (int)rows,
+                         (int)cols);
+    }
+    for (int32_t j = 0; j < cols; j++) q->perm[j] = j;
+    return SPQR_OK;
+}
+
+void spqr_qlayer_free(spqr_qlayer *q) {
+    if (!q) return;
+    free(q->perm);
+    free(q->codes);
+    free(q->scale_code);
+    free(q->zero_code);
+    free(q->s2_scale);
+    free(q->s2_zero);
+    free(q->z2_scale);
+    free(q->z2_zero);
+    free(q->scale_f16);
+    free(q->zero_f16);
+    free(q->row_ptr);
+    free(q->ol_col);
+    free(q->ol_val);
+    memset(q, 0, sizeof *q);
+}
+
+void spqr_qlayer_group_stats(const spqr_qlayer *q, int32_t r, int32_t g, float *scale,
+                             float *zero) {
+    size_t i = (size_t)g * (size_t)q->rows + (size_t)r;
+    if (q->beta2 > 0) {
+        size_t b = (size_t)g * (size_t)q->nrb + (size_t)(r / q->beta2);
+        *scale = spqr_f16_to_f32(q->s2_scale[b]) *
+                 ((float)q->scale_code[i] - spqr_f16_to_f32(q->s2_zero[b]));
+        *zero = spqr_f16_to_f32(q->z2_scale[b]) *
+                ((float)q->zero_code[i] - spqr_f16_to_f32(q->z2_zero[b]));
+    } else {
+        *scale = spqr_f16_to_f32(q->scale_f16[i]);
+        *zero = spqr_f16_to_f32(q->zero_f16[i]);
+    }
+}
+
+void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w) {
+    const int32_t rows = q->rows, cols = q->cols, G = q->beta1;
+#pragma omp parallel for schedule(static) if ((int64_t)rows * cols > (1 << 18))
+    for (int32_t r = 0; r < rows; r++) {
+        const uint8_t *c = q->codes + (size_t)r * (size_t)cols;
+        float *out = w + (size_t)r * (size_t)cols;
+        uint32_t k = q->row_ptr[r], kend = q->row_ptr[r + 1];
+        for (int32_t g = 0; g < q->ngroups; g++) {
+            float s, z;
+            spqr_qlayer_group_stats(q, r, g, &s, &z);
+            int32_t j1 = (g + 1) * G < cols ? (g + 1) * G : cols;
+            for (int32_t j = g * G; j < j1; j++) {
+                float v = s * ((float)c[j] - z);
+                if (k < kend && q->ol_col[k] == (uint32_t)j) {
+                    v = v + spqr_f16_to_f32(q->ol_val[k]);
+                    k++;
+                }
+                out[q->perm[j]] = v;
+            }
+        }
+    }
+}
+
+double spqr_qlayer_formula_bits(const spqr_qlayer *q) {
+    double n = (double)q->rows * (double)q->cols;
+    double g = (double)(q->beta1 > 0 && q->beta1 < q->cols ? q->beta1 : q->cols);
+    double share = n > 0 ? (double)q->n_outliers / n : 0.0;
+    if (q->beta2 > 0)
+        return q->wbits + (double)(q->sbits + q->zbits) / g + 2.0 * (16 + 16) / (g * q->beta2) +
+               32.0 * share;
+    return q->wbits + 32.0 / g + 32.0 * share;
+}
+
+static bool f16_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
+
+spqr_status spqr_qlayer_validate(const spqr_qlayer *q) {
+    if (!q) return spqr_fail(SPQR_ERR_INVALID_ARG, "quantized layer: NULL");
+    const int32_t rows = q->rows, cols = q->cols;
+    if (rows < 1 || cols < 1)
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: bad shape %dx%d", (int)rows, (int)cols);
+    if (q->wbits < 2 || q->wbits > 8)
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: weight bits %d not in 2..8", (int)q->wbits);
+    if (q->beta1 < 1 || q->ngroups != ceil_div(cols, q->beta1))
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: group size %d / group count %d do not "
+                         "match %d columns", (int)q->beta1, (int)q->ngroups, (int)cols);
+    if (q->beta2 < 0 || (q->beta2 > 0 && q->nrb != ceil_div(rows, q->beta2)) ||
+        (q->beta2 == 0 && q->nrb != 0))
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistic block size %d / count %d do "
+                         "not match %d rows", (int)q->beta2, (int)q->nrb, (int)rows);
+    if (q->beta2 > 0 && (q->sbits < 1 || q->sbits > 8 || q->zbits < 1 || q->zbits > 8))
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistic bits (%d, %d) not in 1..8",
+                         (int)q->sbits, (int)q->zbits);
+    if (!q->perm || !q->codes || !q->row_ptr)
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: missing arrays");
+    if (q->beta2 > 0 ? !(q->scale_code && q->zero_code && q->s2_scale && q->s2_zero &&
+                         q->z2_scale && q->z2_zero)
+                     : !(q->scale_f16 && q->zero_f16))
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: missing statistics arrays");
+
+    /* perm is a permutation */
+    uint8_t *seen = calloc((size_t)cols, 1);
+    if (!seen) return spqr_fail(SPQR_ERR_NOMEM, "quantized layer: out of memory");
+    for (int32_t j = 0; j < cols; j++) {
+        int32_t p = q->perm[j];
+        if (p < 0 || p >= cols || seen[p]) {
+            free(seen);
+            return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: permutation entry %d (= %d) is out "
+                             "of range or repeated", (int)j, (int)p);
+        }
+        seen[p] = 1;
+    }
+    free(seen);
+
+    const size_t nw = (size_t)rows * (size_t)cols;
+    const uint32_t maxq = (1u << q->wbits) - 1u;
+    for (size_t i = 0; i < nw; i++)
+        if (q->codes[i] > maxq)
+            return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: code %u at %zu exceeds %d bits",
+                             (unsigned)q->codes[i], i, (int)q->wbits);
+    const size_t ns = (size_t)q->ngroups * (size_t)rows;
+    if (q->beta2 > 0) {
+        const uint32_t smax = (1u << q->sbits) - 1u, zmax = (1u << q->zbits) - 1u;
+        for (size_t i = 0; i < ns; i++)
+            if (q->scale_code[i] > smax || q->zero_code[i] > zmax)
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistic code at %zu exceeds "
+                                 "its bit width", i);
+        const size_t n2 = (size_t)q->ngroups * (size_t)q->nrb;
+        for (size_t i = 0; i < n2; i++)
+            if (!f16_finite(q->s2_scale[i]) || !f16_finite(q->s2_zero[i]) ||
+                !f16_finite(q->z2_scale[i]) || !f16_finite(q->z2_zero[i]))
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: non-finite second-level "
+                                 "statistic at %zu", i);
+    } else {
+        for (size_t i = 0; i < ns; i++)
+            if (!f16_finite(q->scale_f16[i]) || !f16_finite(q->zero_f16[i]))
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: non-finite statistic at %zu", i);
+    }
+
+    if (q->n_outliers < 0 || (uint64_t)q->n_outliers > (uint64_t)nw || q->row_ptr[0] != 0 ||
+        (int64_t)q->row_ptr[rows] != q->n_outliers)
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: outlier count %lld does not match its "
+                         "row pointers", (long long)q->n_outliers);
+    if (q->n_outliers > 0 && (!q->ol_col || !q->ol_val))
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: missing outlier arrays");
+    for (int32_t r = 0; r < rows; r++) {
+        uint32_t a = q->row_ptr[r], b = q->row_ptr[r + 1];
+        if (b < a || (int64_t)b > q->n_outliers)
+            return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: outlier row pointers decrease at "
+                             "row %d", (int)r);
+        for (uint32_t k = a; k < b; k++) {
+            if (q->ol_col[k] >= (uint32_t)cols || (k > a && q->ol_col[k] <= q->ol_col[k - 1]))
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: outlier columns of row %d out "
+                                 "of range or not ascending", (int)r);
+            if (!f16_finite(q->ol_val[k]))
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: non-finite outlier value in "
+                                 "row %d", (int)r);
+        }
+    }
+    return SPQR_OK;
+}

@@ -1,0 +1,52 @@
+/* quantize.h - per-layer quantization algorithms (RTN, GPTQ, SpQR). */
+#ifndef SPQR_QUANTIZE_H
+#define SPQR_QUANTIZE_H
+
+#include "qlayer.h"
+
+typedef enum spqr_qmethod {
+    SPQR_METHOD_RTN = 0,
+    SPQR_METHOD_GPTQ = 1,
+    SPQR_METHOD_SPQR = 2
+} spqr_qmethod;
+
+typedef struct spqr_qparams {
+    spqr_qmethod method;
+    int wbits;             /* 2..8                                            */
+    int beta1;             /* group size; 0 = one group per row (per-channel) */
+    int beta2;             /* stat row-block size; 0 = fp16 stats             */
+    int sbits, zbits;      /* bits for scale / zero codes when beta2 > 0      */
+    double tau;            /* outlier relative threshold; <= 0 = no outliers  */
+    int simplified_outliers; /* 1: no leave-one-out stat fitting             */
+    int act_order;         /* 1: permute columns by descending diag(H)       */
+    double percdamp;       /* dampening, fraction of mean diag(H) (0.01)     */
+    int blocksize;         /* GPTQ lazy-batch block (128)                    */
+} spqr_qparams;
+
+/* Paper defaults for SpQR near-lossless: bw=4, bs=bz=3, beta1=beta2=16,
+ * act-order, percdamp 0.01, blocksize 128, tau 0.2. */
+void spqr_qparams_default(spqr_qparams *p, spqr_qmethod method);
+
+/* Check p for consistency against a layer with `cols` input columns.
+ * Fails with SPQR_ERR_INVALID_ARG and a message naming the bad option. */
+spqr_status spqr_qparams_validate(const spqr_qparams *p, int cols);
+
+typedef struct spqr_qlayer_report {
+    double weight_rel_err;   /* ||W - Q||_F / ||W||_F                        */
+    double hessian_err;      /* tr((W-Q) H (W-Q)^T), 0 when H == NULL        */
+    double hessian_rel_err;  /* hessian_err / tr(W H W^T)                    */
+    int64_t n_outliers;
+    double outlier_share;    /* n_outliers / (rows*cols)                     */
+    double formula_bits;     /* spqr_qlayer_formula_bits                    */
+} spqr_qlayer_report;
+
+/* Quantize W [rows][cols] (row-major float32, original column order).
+ * H [cols][cols] (row-major float64, symmetric) is the input Hessian
+ * 2/N X X^T; it is required for GPTQ and SpQR and ignored by RTN (may be
+ * NULL). Neither W nor H is modified. On success *out holds a new layer
+ * (free with spqr_qlayer_free) and *rep (if non-NULL) its errors. */
+spqr_status spqr_quantize_layer(const float *W, int rows, int cols,
+                                const double *H, const spqr_qparams *p,
+                                spqr_qlayer *out, spqr_qlayer_report *rep);
+
+#endif

@@ -1,0 +1,300 @@
+/* test_loaders.c - bad input to the model loaders and the CLI: every case
+ * gives a clear one-line error naming the file, a non-zero exit, no crash
+ * (this suite also runs under ASan+UBSan). Uses a tiny synthetic HF model. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "testutil.h"
+
+/* tiny LLaMA: dim 16, hidden 32, 1 layer, 2 heads, 1 kv head, vocab 512 */
+#define TD 16
+#define TF 32
+#define TV 512
+#define TKV 8
+
+typedef struct {
+    char name[96];
+    const char *dtype;
+    int ndim;
+    long shape[2];
+} tdesc;
+
+static int make_tensors(tdesc *t) {
+    int n = 0;
+    snprintf(t[n].name, 96, "model.embed_tokens.weight"); t[n].ndim = 2; t[n].shape[0] = TV; t[n].shape[1] = TD; n++;
+    snprintf(t[n].name, 96, "model.norm.weight"); t[n].ndim = 1; t[n].shape[0] = TD; n++;
+    snprintf(t[n].name, 96, "model.layers.0.input_layernorm.weight"); t[n].ndim = 1; t[n].shape[0] = TD; n++;
+    snprintf(t[n].name, 96, "model.layers.0.post_attention_layernorm.weight"); t[n].ndim = 1; t[n].shape[0] = TD; n++;
+    const char *lin[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                          "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    const long shp[7][2] = {{TD, TD}, {TKV, TD}, {TKV, TD}, {TD, TD}, {TF, TD}, {TF, TD}, {TD, TF}};
+    for (int i = 0; i < 7; i++) {
+        snprintf(t[n].name, 96, "model.layers.0.%s.weight", lin[i]);
+        t[n].ndim = 2;
+        t[n].shape[0] = shp[i][0];
+        t[n].shape[1] = shp[i][1];
+        n++;
+    }
+    for (int i = 0; i < n; i++) t[i].dtype = "F32";
+    return n;
+}
+
+enum { OK_MODEL, TRUNCATED, HUGE_HEADER, OVERLAP, OUT_OF_RANGE, NAN_WEIGHT, WRONG_SHAPE, WRONG_DTYPE };
+
+/* Write dir/model.safetensors for the tiny model with an optional defect. */
+static void write_st(const char *path, int defect) {
+    tdesc t[16];
+    int n = make_tensors(t);
+    if (defect == WRONG_SHAPE) t[4].shape[0] = TD + 1; /* q_proj rows */
+    char hdr[8192];
+    size_t off = 0, k = 0;
+    k += (size_t)snprintf(hdr + k, sizeof hdr - k, "{");
+    size_t offs[16][2];
+    for (int i = 0; i < n; i++) {
+        long numel = t[i].shape[0] * (t[i].ndim == 2 ? t[i].shape[1] : 1);
+        offs[i][0] = off;
+        offs[i][1] = off + (size_t)numel * 4;
+        if (defect == OVERLAP && i == 3) offs[i][0] -= 8, offs[i][1] -= 8;
+        if (defect == OUT_OF_RANGE && i == n - 1) offs[i][1] += 4096, offs[i][0] += 4096;
+        if (t[i].ndim == 2)
+            k += (size_t)snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%ld,%ld],\"data_offsets\":[%zu,%zu]}",
+                                  i ? "," : "", t[i].name, t[i].dtype, t[i].shape[0], t[i].shape[1], offs[i][0], offs[i][1]);
+        else
+            k += (size_t)snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}",
+                                  i ? "," : "", t[i].name, t[i].dtype, t[i].shape[0], offs[i][0], offs[i][1]);
+        off += (size_t)numel * 4;
+    }
+    k += (size_t)snprintf(hdr + k, sizeof hdr - k, "}");
+    size_t total = 8 + k + off;
+    unsigned char *buf = calloc(1, total);
+    uint64_t hl = defect == HUGE_HEADER ? (uint64_t)1 << 40 : (uint64_t)k;
+    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hl >> (8 * i));
+    memcpy(buf + 8, hdr, k);
+    float *w = (float *)(buf + 8 + k);
+    tu_seed(7);
+    for (size_t i = 0; i < off / 4; i++) w[i] = 0.1f * tu_rand_normal();
+    for (int i = 1; i < 4; i++) /* norms = 1 */
+        for (long j = 0; j < t[i].shape[0]; j++) ((float *)(buf + 8 + k + offs[i][0]))[j] = 1.0f;
+    if (defect == NAN_WEIGHT) w[5] = NAN;
+    size_t write_n = defect == TRUNCATED ? total - 100 : total;
+    assert_int_equal(tu_write_file(path, buf, write_n), 0);
+    free(buf);
+}
+
+static void write_config(const char *dir, const char *arch, const char *dtype) {
+    char path[8400], txt[1024];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    snprintf(txt, sizeof txt,
+             "{\"architectures\":[\"%s\"],\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":1,"
+             "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"vocab_size\":%d,\"max_position_embeddings\":64,"
+             "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":true,\"torch_dtype\":\"%s\"}",
+             arch, TD, TF, TV, dtype);
+    assert_int_equal(tu_write_file(path, txt, strlen(txt)), 0);
+}
+
+static const char *make_model(const char *tag, int defect, const char *arch, const char *dtype) {
+    static char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%s", tu_tmpdir(), tag);
+    mkdir(dir, 0755);
+    write_config(dir, arch, dtype);
+    char st[4300];
+    snprintf(st, sizeof st, "%s/model.safetensors", dir);
+    write_st(st, defect);
+    return dir;
+}
+
+/* Load through the library and the CLI; both must fail and name `needle`. */
+static void expect_fail(const char *model, const char *extra, const char *needle, const char *what) {
+    spqr_model *m = NULL;
+    spqr_status st = spqr_model_load(model, NULL, &m);
+    if (!extra) {
+        assert_int_not_equal(st, SPQR_OK);
+        assert_null(m);
+        printf("  %s -> %s: %s\n", what, spqr_status_string(st), spqr_last_error());
+        assert_non_null(strstr(spqr_last_error(), needle));
+    } else {
+        spqr_model_free(m);
+    }
+    char args[9000], *out = NULL, *err = NULL;
+    snprintf(args, sizeof args, "eval '%s' --data '%s' %s", model, tu_shared("data/eval/ptb_test.txt"),
+             extra ? extra : "");
+    int rc = tu_run_cli(args, &out, &err);
+    assert_true(rc != 0 && rc != -1);
+    assert_non_null(strstr(err, needle));
+    assert_non_null(strstr(err, "error"));
+    /* exactly one line */
+    char *nl = strchr(err, '\n');
+    assert_true(nl && nl[1] == 0);
+    free(out);
+    free(err);
+}
+
+static void test_good_model_loads(void **s) {
+    (void)s;
+    const char *d = make_model("good", OK_MODEL, "LlamaForCausalLM", "float32");
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(d, NULL, &m), SPQR_OK);
+    assert_int_equal(spqr_model_config(m)->dim, TD);
+    int32_t tok[5] = {1, 5, 9, 300, 2};
+    float *logits = malloc(sizeof(float) * 5 * TV);
+    assert_int_equal(spqr_forward(m, tok, 5, logits), SPQR_OK);
+    for (int i = 0; i < 5 * TV; i++) assert_true(isfinite(logits[i]));
+    free(logits);
+    spqr_model_free(m);
+}
+
+static void test_truncated(void **s) {
+    (void)s;
+    expect_fail(make_model("trunc", TRUNCATED, "LlamaForCausalLM", "float32"), NULL, "model.safetensors", "truncated");
+}
+static void test_huge_header(void **s) {
+    (void)s;
+    expect_fail(make_model("hdr", HUGE_HEADER, "LlamaForCausalLM", "float32"), NULL, "header length", "header length");
+}
+static void test_overlap(void **s) {
+    (void)s;
+    expect_fail(make_model("ovl", OVERLAP, "LlamaForCausalLM", "float32"), NULL, "overlap", "overlapping offsets");
+}
+static void test_out_of_range(void **s) {
+    (void)s;
+    expect_fail(make_model("oor", OUT_OF_RANGE, "LlamaForCausalLM", "float32"), NULL, "past the end", "out of range");
+}
+static void test_wrong_dtype(void **s) {
+    (void)s;
+    expect_fail(make_model("dtype", OK_MODEL, "LlamaForCausalLM", "bfloat16"), NULL, "config.json says", "dtype");
+}
+static void test_wrong_shape(void **s) {
+    (void)s;
+    expect_fail(make_model("shape", WRONG_SHAPE, "LlamaForCausalLM", "float32"), NULL, "shape", "shape");
+}
+static void test_unknown_arch(void **s) {
+    (void)s;
+    expect_fail(make_model("arch", OK_MODEL, "GPT2LMHeadModel", "float32"), NULL, "unknown architecture", "arch");
+}
+
+static void test_missing_shard(void **s) {
+    (void)s;
+    const char *d = make_model("shard", OK_MODEL, "LlamaForCausalLM", "float32");
+    char p[4300];
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    char np[4400];
+    snprintf(np, sizeof np, "%s/model-00001-of-00002.safetensors", d);
+    assert_int_equal(rename(p, np), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", d);
+    const char *idx = "{\"metadata\":{},\"weight_map\":{\"model.embed_tokens.weight\":\"model-00001-of-00002.safetensors\","
+                      "\"model.norm.weight\":\"model-00002-of-00002.safetensors\"}}";
+    assert_int_equal(tu_write_file(p, idx, strlen(idx)), 0);
+    expect_fail(d, NULL, "model-00002-of-00002.safetensors", "missing shard");
+}
+
+static void test_tokenizer_vocab_mismatch(void **s) {
+    (void)s;
+    if (!tu_have_shared("models/ref-40m/tokenizer.model")) return;
+    const char *d = make_model("vocab", OK_MODEL, "LlamaForCausalLM", "float32");
+    spqr_model *m = NULL;
+    spqr_status st = spqr_model_load(d, tu_shared("models/ref-40m/tokenizer.model"), &m);
+    assert_int_equal(st, SPQR_ERR_MISMATCH);
+    assert_non_null(strstr(spqr_last_error(), "tokenizer.model"));
+    printf("  vocab mismatch -> %s\n", spqr_last_error());
+    char args[9000], *err = NULL;
+    snprintf(args, sizeof args, "generate '%s' --tokenizer '%s' -n 3", d, tu_shared("models/ref-40m/tokenizer.model"));
+    int rc = tu_run_cli(args, NULL, &err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, "32000"));
+    free(err);
+}
+
+static void test_nan_warns(void **s) {
+    (void)s;
+    const char *d = make_model("nan", NAN_WEIGHT, "LlamaForCausalLM", "float32");
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(d, NULL, &m), SPQR_OK);
+    assert_int_equal(spqr_model_nonfinite_count(m), 1);
+    spqr_model_free(m);
+    char args[9000], *err = NULL;
+    snprintf(args, sizeof args, "generate '%s' --tokenizer '%s' -n 2 --temp 0", d,
+             tu_shared("models/stories260K/tok512.bin"));
+    if (!tu_have_shared("models/stories260K/tok512.bin")) return;
+    tu_run_cli(args, NULL, &err);
+    assert_non_null(strstr(err, "NaN"));
+    free(err);
+}
+
+static void test_empty_eval_text(void **s) {
+    (void)s;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    char empty[4200], args[9000], *err = NULL;
+    snprintf(empty, sizeof empty, "%s/empty.txt", tu_tmpdir());
+    assert_int_equal(tu_write_file(empty, "", 0), 0);
+    char model[4200];
+    snprintf(model, sizeof model, "%s", tu_shared("models/stories260K/stories260K.bin"));
+    snprintf(args, sizeof args, "eval '%s' --tokenizer '%s' --data '%s'", model,
+             tu_shared("models/stories260K/tok512.bin"), empty);
+    int rc = tu_run_cli(args, NULL, &err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, "empty"));
+    assert_non_null(strstr(err, "empty.txt"));
+    free(err);
+}
+
+static void test_seqlen_too_long(void **s) {
+    (void)s;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    char args[9000], model[4200], tok[4200], *err = NULL;
+    snprintf(model, sizeof model, "%s", tu_shared("models/stories260K/stories260K.bin"));
+    snprintf(tok, sizeof tok, "%s", tu_shared("models/stories260K/tok512.bin"));
+    snprintf(args, sizeof args, "eval '%s' --tokenizer '%s' --data '%s' --seqlen 4096", model, tok,
+             tu_shared("data/eval/tinystories_valid.txt"));
+    int rc = tu_run_cli(args, NULL, &err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, "context"));
+    free(err);
+}
+
+static void test_llama2c_truncated(void **s) {
+    (void)s;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    FILE *f = fopen(tu_shared("models/stories260K/stories260K.bin"), "rb");
+    assert_non_null(f);
+    char *buf = malloc(200000);
+    size_t n = fread(buf, 1, 200000, f);
+    fclose(f);
+    char p[4200];
+    snprintf(p, sizeof p, "%s/trunc.bin", tu_tmpdir());
+    assert_int_equal(tu_write_file(p, buf, n), 0);
+    free(buf);
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(p, NULL, &m), SPQR_ERR_FORMAT);
+    assert_non_null(strstr(spqr_last_error(), "trunc.bin"));
+    assert_non_null(strstr(spqr_last_error(), "truncated"));
+}
+
+static void test_missing_path(void **s) {
+    (void)s;
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load("/nonexistent/model", NULL, &m), SPQR_ERR_IO);
+    assert_non_null(strstr(spqr_last_error(), "/nonexistent/model"));
+}
+
+static int teardown(void **s) {
+    (void)s;
+    tu_cleanup();
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_model_loads), cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_huge_header),      cmocka_unit_test(test_overlap),
+        cmocka_unit_test(test_out_of_range),     cmocka_unit_test(test_wrong_dtype),
+        cmocka_unit_test(test_wrong_shape),      cmocka_unit_test(test_unknown_arch),
+        cmocka_unit_test(test_missing_shard),    cmocka_unit_test(test_tokenizer_vocab_mismatch),
+        cmocka_unit_test(test_nan_warns),        cmocka_unit_test(test_empty_eval_text),
+        cmocka_unit_test(test_seqlen_too_long),  cmocka_unit_test(test_llama2c_truncated),
+        cmocka_unit_test(test_missing_path),
+    };
+    return cmocka_run_group_tests(tests, NULL, teardown);
+}

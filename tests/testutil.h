@@ -1,0 +1,36 @@
+/* testutil.h - helpers shared by the cmocka tests. */
+#ifndef SPQR_TESTUTIL_H
+#define SPQR_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "spqr.h"
+
+/* Path of a file in the shared data folder ($SPQR_SHARED or ../shared beside
+ * the source tree). Returns a static buffer (overwritten by the next call). */
+const char *tu_shared(const char *rel);
+/* True if the shared folder holds rel; otherwise prints a SKIP line. */
+int tu_have_shared(const char *rel);
+
+/* Run the spqr CLI with the given argument string (shell syntax). Captures
+ * stdout and stderr into malloc'd strings (may be NULL if not wanted).
+ * Returns the exit status (or -1). */
+int tu_run_cli(const char *args, char **out, char **err);
+
+/* A fresh temporary directory (static buffer); removed by tu_cleanup(). */
+const char *tu_tmpdir(void);
+void tu_cleanup(void);
+/* Write bytes to path; returns 0 on success. */
+int tu_write_file(const char *path, const void *data, size_t n);
+
+/* Deterministic random numbers. */
+void tu_seed(uint64_t s);
+uint64_t tu_rand_u64(void);
+float tu_rand_uniform(void);  /* [0,1) */
+float tu_rand_normal(void);
+
+#endif

@@ -1,0 +1,40 @@
+/* spqr.c - command-line front end: dispatches subcommands. */
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: spqr <command> [options]\n"
+            "commands:\n"
+            "  eval MODEL --data FILE [--seqlen S] [--json]        perplexity\n"
+            "  generate MODEL [--prompt TEXT] [-n N] [--temp T] [--seed S] [--tokenizer FILE]\n"
+            "  quantize MODEL --method rtn|gptq|spqr [options] -o OUT [--json]\n"
+            "  inspect FILE [--verify] [--json]                    describe a .spqr file\n"
+            "  version                                             version and build features\n"
+            "MODEL: a Hugging Face folder, a llama2.c .bin (with --tokenizer) or a .spqr file.\n"
+            "Run 'spqr <command> --help' for the options of a command.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("spqr %s\nfeatures: %s\n", SPQR_VERSION_STRING, spqr_build_features());
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    fprintf(stderr, "spqr: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return CLI_EXIT_USAGE;
+}
