@@ -8,9 +8,11 @@
 #include "util/common.h"
 
 static void help(void) {
-    printf("usage: spqr eval MODEL --data FILE [--seqlen S] [--tokenizer FILE] [--threads N] [--json]\n"
+    printf("usage: spqr eval MODEL --data FILE [--seqlen S] [--max-windows W] [--tokenizer FILE]\n"
+           "                 [--threads N] [--json]\n"
            "Perplexity of MODEL on FILE: CRLF->LF, one BOS, non-overlapping windows of S tokens\n"
            "(default 512), every next-token target scored, remainder dropped; nll in nats/token.\n"
+           "--max-windows W scores only the first W windows (a partial evaluation).\n"
            "With --json the last stdout line is a JSON object.\n");
 }
 
@@ -22,7 +24,7 @@ static void progress(void *user, int64_t done, int64_t total) {
 
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tok = NULL;
-    long seqlen = 512, threads = 0;
+    long seqlen = 512, threads = 0, max_windows = 0;
     bool json = false, verbose = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -34,12 +36,14 @@ int cmd_eval(int argc, char **argv) {
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             verbose = true;
         } else if (!strcmp(a, "--data") || !strcmp(a, "--seqlen") || !strcmp(a, "--tokenizer") ||
-                   !strcmp(a, "--threads")) {
+                   !strcmp(a, "--threads") || !strcmp(a, "--max-windows")) {
             if (i + 1 >= argc) return cli_usage("eval", "%s needs a value", a);
             const char *v = argv[++i];
             if (!strcmp(a, "--data")) data = v;
             else if (!strcmp(a, "--tokenizer")) tok = v;
-            else if (!strcmp(a, "--seqlen")) {
+            else if (!strcmp(a, "--max-windows")) {
+                if (!cli_parse_int(v, 1, 1L << 40, &max_windows)) return cli_usage("eval", "bad --max-windows '%s'", v);
+            } else if (!strcmp(a, "--seqlen")) {
                 if (!cli_parse_int(v, 2, 1 << 24, &seqlen)) return cli_usage("eval", "bad --seqlen '%s'", v);
             } else if (!cli_parse_int(v, 0, 4096, &threads))
                 return cli_usage("eval", "bad --threads '%s'", v);
@@ -71,7 +75,10 @@ int cmd_eval(int argc, char **argv) {
     memset(&r, 0, sizeof r);
     if (!st) st = spqr_eval_tokenize(m, text, len, &ids, &n);
     double t0 = spqr_now();
-    if (!st) st = spqr_eval_tokens(m, ids, n, (int)seqlen, &r, progress, &t0);
+    size_t n_eval = n;
+    if (max_windows > 0 && n_eval > (size_t)max_windows * (size_t)seqlen) n_eval = (size_t)max_windows * (size_t)seqlen;
+    if (!st) st = spqr_eval_tokens(m, ids, n_eval, (int)seqlen, &r, progress, &t0);
+    r.tokens_total = (int64_t)n;
     cli_progress_done();
     free(ids);
     free(text);

@@ -1,4 +1,5 @@
 /* spqr.c - command-line front end: dispatches subcommands. */
+#include <malloc.h>
 #include <string.h>
 
 #include "cli.h"
@@ -17,6 +18,10 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* The forward pass allocates and frees large activation buffers per block;
+     * keep them in the heap instead of fresh (zero-filled) mmaps every call. */
+    mallopt(M_MMAP_THRESHOLD, 512 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1024 << 20);
     if (argc < 2) {
         usage(stderr);
         return CLI_EXIT_USAGE;

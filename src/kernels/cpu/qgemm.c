@@ -98,7 +98,8 @@ size_t spqr_qg_scratch_bytes(const spqr_packed *W) {
     size_t cbuf = (size_t)SPQR_QG_CH * 16 * sizeof(float);
     size_t sbuf = (size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float);
     size_t state = (size_t)SPQR_QG_TB * 32 * sizeof(float);
-    return round64(cbuf) + round64(sbuf) + round64(state);
+    size_t s2f = W->beta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0; /* float copy of a row block's stats2 */
+    return round64(cbuf) + round64(sbuf) + round64(state) + round64(s2f);
 }
 
 /* ---- packed product -------------------------------------------------------- */
@@ -134,6 +135,8 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
     char *scr = scratch_get(total);
     if (!scr) return spqr_fail(SPQR_ERR_NOMEM, "spqr_qgemm: out of memory (%zu bytes of scratch)", total);
     float *xp = (float *)scr, *xs = (float *)(scr + xp_b);
+    int64_t chunk = T / ((int64_t)nth * 8);
+    if (chunk < 1) chunk = 1;
     char *thr = scr + xp_b + xs_b;
 
     for (int t0 = 0; t0 < n_tok; t0 += SPQR_QG_TB) {
@@ -158,7 +161,10 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
                 }
             }
             void *my = thr + (size_t)omp_get_thread_num() * th_b;
-#pragma omp for schedule(static)
+            /* dynamic chunks of contiguous tiles: each thread still streams
+             * long runs, and a thread that the OS preempts does not hold up
+             * the whole product */
+#pragma omp for schedule(dynamic, chunk)
             for (int64_t tile = 0; tile < T; tile++) fn(&job, tile, my);
         }
     }

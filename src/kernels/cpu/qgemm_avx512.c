@@ -28,7 +28,8 @@ typedef struct kctx {
     int64_t tile;
     float *cbuf;  /* [SPQR_QG_CH][16] decoded codes of the current chunk    */
     float *sbuf;  /* [groups of chunk][2][16] scale, zero                   */
-    float *state; /* [nt][2][16]: y accumulator, unfinished group dot       */
+    float *state; /* [nt][16]: y accumulators of the tile's rows            */
+    float *s2f;   /* [ngroups][4] float stats2 of the tile's row block      */
 } kctx;
 
 /* ---- code decoding ----------------------------------------------------------- */
@@ -152,85 +153,219 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
 
 /* ---- token kernel -------------------------------------------------------------- */
 
-/* Tokens [tt, tt + NT) of the job over chunk columns [c0, c1); groups of the
- * chunk start at g0. NT is a compile-time constant (1..8). */
-AI void run_tokens(const kctx *c, int64_t c0, int64_t c1, int64_t g0, int tt, const int NT) {
-    const spqr_packed *W = c->W;
-    const int64_t C = W->cols, G = W->ngroups, beta1 = W->beta1;
-    enum { MAXT = 8 };
-    const int P = NT == 1 ? 4 : NT <= 3 ? 2 : 1; /* partial sums per token */
-    __m512 y[MAXT], d[MAXT][4];
-    const float *xr[MAXT], *xsr[MAXT];
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) {
-        y[t] = _mm512_load_ps(c->state + (tt + t) * 32);
-        d[t][0] = _mm512_load_ps(c->state + (tt + t) * 32 + 16);
-#pragma GCC unroll 4
-        for (int p = 1; p < P; p++) d[t][p] = _mm512_setzero_ps();
-        xr[t] = c->job->xp + (size_t)(tt + t) * (size_t)C;
-        xsr[t] = c->job->xs + (size_t)(tt + t) * (size_t)G;
-    }
+/* Dequantize the decoded chunk in place: w = scale * (code - zero), the
+ * quant/qlayer.h formula without the outliers (added separately). */
+static void dequant_chunk(const kctx *c, int64_t c0, int64_t c1, int64_t g0) {
+    const int64_t C = c->W->cols, beta1 = c->W->beta1;
     int64_t g = c0 / beta1;
     int64_t gend = (g + 1) * beta1 < C ? (g + 1) * beta1 : C;
-    int64_t j = c0;
-    while (j < c1) {
+    for (int64_t j = c0; j < c1;) {
         const int64_t e = gend < c1 ? gend : c1;
-        const float *cb = c->cbuf + (j - c0) * 16;
-        const int64_t n = e - j;
-        int64_t k = 0;
-        for (; k + P <= n; k += P) {
-#pragma GCC unroll 4
-            for (int p = 0; p < P; p++) {
-                const __m512 cv = _mm512_load_ps(cb + (k + p) * 16);
-#pragma GCC unroll 8
-                for (int t = 0; t < NT; t++) d[t][p] = _mm512_fmadd_ps(cv, _mm512_set1_ps(xr[t][j + k + p]), d[t][p]);
-            }
-        }
-        for (; k < n; k++) {
-            const __m512 cv = _mm512_load_ps(cb + k * 16);
-#pragma GCC unroll 8
-            for (int t = 0; t < NT; t++) d[t][0] = _mm512_fmadd_ps(cv, _mm512_set1_ps(xr[t][j + k]), d[t][0]);
-        }
-        if (e == gend) { /* group g complete */
-            const __m512 sc = _mm512_load_ps(c->sbuf + (g - g0) * 32);
-            const __m512 zr = _mm512_load_ps(c->sbuf + (g - g0) * 32 + 16);
-#pragma GCC unroll 8
-            for (int t = 0; t < NT; t++) {
-                __m512 dt = d[t][0];
-                if (P == 2) dt = _mm512_add_ps(dt, d[t][1]);
-                if (P == 4) dt = _mm512_add_ps(_mm512_add_ps(dt, d[t][1]), _mm512_add_ps(d[t][2], d[t][3]));
-                y[t] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zr, _mm512_set1_ps(xsr[t][g]), dt), y[t]);
-#pragma GCC unroll 4
-                for (int p = 0; p < P; p++) d[t][p] = _mm512_setzero_ps();
-            }
+        const __m512 sc = _mm512_load_ps(c->sbuf + (g - g0) * 32), zr = _mm512_load_ps(c->sbuf + (g - g0) * 32 + 16);
+        for (float *p = c->cbuf + (j - c0) * 16, *pe = c->cbuf + (e - c0) * 16; p < pe; p += 16)
+            _mm512_store_ps(p, _mm512_mul_ps(sc, _mm512_sub_ps(_mm512_load_ps(p), zr)));
+        if (e == gend) {
             g++;
             gend = gend + beta1 < C ? gend + beta1 : C;
         }
         j = e;
     }
-#pragma GCC unroll 8
+}
+
+/* y_t += sum over the chunk's columns of w_col * x_t[col] for tokens
+ * [tt, tt + NT) (NT compile-time, 1..16): one weight load feeds NT FMAs. */
+AI void gemm_tokens(const kctx *c, int64_t c0, int64_t c1, int tt, const int NT) {
+    enum { MAXT = 16 };
+    const int P = NT >= 4 ? 1 : NT == 1 ? 4 : 2; /* independent chains per token */
+    const int64_t C = c->W->cols;
+    __m512 acc[MAXT][4];
+    const float *xr[MAXT];
+#pragma GCC unroll 16
     for (int t = 0; t < NT; t++) {
-        __m512 dt = d[t][0];
-        if (P == 2) dt = _mm512_add_ps(dt, d[t][1]);
-        if (P == 4) dt = _mm512_add_ps(_mm512_add_ps(dt, d[t][1]), _mm512_add_ps(d[t][2], d[t][3]));
-        _mm512_store_ps(c->state + (tt + t) * 32, y[t]);
-        _mm512_store_ps(c->state + (tt + t) * 32 + 16, dt);
+        acc[t][0] = _mm512_load_ps(c->state + (tt + t) * 16);
+#pragma GCC unroll 4
+        for (int q = 1; q < P; q++) acc[t][q] = _mm512_setzero_ps();
+        xr[t] = c->job->xp + (size_t)(tt + t) * (size_t)C + c0;
+    }
+    const int64_t n = c1 - c0;
+    const float *cb = c->cbuf;
+    int64_t k = 0;
+    for (; k + P <= n; k += P) {
+#pragma GCC unroll 4
+        for (int q = 0; q < P; q++) {
+            const __m512 w = _mm512_load_ps(cb + (k + q) * 16);
+#pragma GCC unroll 16
+            for (int t = 0; t < NT; t++) acc[t][q] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[t][k + q]), acc[t][q]);
+        }
+    }
+    for (; k < n; k++) {
+        const __m512 w = _mm512_load_ps(cb + k * 16);
+#pragma GCC unroll 16
+        for (int t = 0; t < NT; t++) acc[t][0] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[t][k]), acc[t][0]);
+    }
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; t++) {
+        __m512 v = acc[t][0];
+        if (P >= 2) v = _mm512_add_ps(v, acc[t][1]);
+        if (P == 4) v = _mm512_add_ps(v, _mm512_add_ps(acc[t][2], acc[t][3]));
+        _mm512_store_ps(c->state + (tt + t) * 16, v);
     }
 }
 
-static void run_chunk(const kctx *c, int64_t c0, int64_t c1, int64_t g0) {
+static void run_chunk(const kctx *c, int64_t c0, int64_t c1) {
     const int nt = c->job->nt;
-    for (int tt = 0; tt < nt; tt += 8) {
-        switch (nt - tt < 8 ? nt - tt : 8) {
-        case 1: run_tokens(c, c0, c1, g0, tt, 1); break;
-        case 2: run_tokens(c, c0, c1, g0, tt, 2); break;
-        case 3: run_tokens(c, c0, c1, g0, tt, 3); break;
-        case 4: run_tokens(c, c0, c1, g0, tt, 4); break;
-        case 5: run_tokens(c, c0, c1, g0, tt, 5); break;
-        case 6: run_tokens(c, c0, c1, g0, tt, 6); break;
-        case 7: run_tokens(c, c0, c1, g0, tt, 7); break;
-        default: run_tokens(c, c0, c1, g0, tt, 8); break;
+    for (int tt = 0; tt < nt; tt += 16) {
+        switch (nt - tt < 16 ? nt - tt : 16) {
+        case 1: gemm_tokens(c, c0, c1, tt, 1); break;
+        case 2: gemm_tokens(c, c0, c1, tt, 2); break;
+        case 3: gemm_tokens(c, c0, c1, tt, 3); break;
+        case 4: gemm_tokens(c, c0, c1, tt, 4); break;
+        case 5: gemm_tokens(c, c0, c1, tt, 5); break;
+        case 6: gemm_tokens(c, c0, c1, tt, 6); break;
+        case 7: gemm_tokens(c, c0, c1, tt, 7); break;
+        case 8: gemm_tokens(c, c0, c1, tt, 8); break;
+        case 9: gemm_tokens(c, c0, c1, tt, 9); break;
+        case 10: gemm_tokens(c, c0, c1, tt, 10); break;
+        case 11: gemm_tokens(c, c0, c1, tt, 11); break;
+        case 12: gemm_tokens(c, c0, c1, tt, 12); break;
+        case 13: gemm_tokens(c, c0, c1, tt, 13); break;
+        case 14: gemm_tokens(c, c0, c1, tt, 14); break;
+        case 15: gemm_tokens(c, c0, c1, tt, 15); break;
+        default: gemm_tokens(c, c0, c1, tt, 16); break;
         }
+    }
+}
+
+/* ---- fused single-token path ------------------------------------------------------ */
+
+/* Decoded statistics of group g for the 16 rows of the tile (s2f filled
+ * when bilevel with beta2 % 16 == 0). */
+AI void group_stats(const kctx *c, const uint32_t *sw, int64_t g, __m512 tab, __m512 *scale, __m512 *zero) {
+    const spqr_packed *W = c->W;
+    if (W->beta2 == 0) {
+        const uint16_t *e = W->stats + ((c->tile * W->ngroups + g) * 2) * 16;
+        *scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)e));
+        *zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(e + 16)));
+        return;
+    }
+    const int SZ = W->sbits + W->zbits;
+    const int64_t p = g * SZ, w = p >> 5;
+    const int s = (int)(p & 31);
+    __m512i v = _mm512_srl_epi32(_mm512_loadu_si512(sw + w * 16), _mm_cvtsi32_si128(s));
+    if (s + SZ > 32)
+        v = _mm512_or_si512(v, _mm512_sll_epi32(_mm512_loadu_si512(sw + (w + 1) * 16), _mm_cvtsi32_si128(32 - s)));
+    const __m512i vz = _mm512_srl_epi32(v, _mm_cvtsi32_si128(W->sbits));
+    __m512 sc, zc;
+    /* small codes: a permute from the table 0..15 (the high index bits are
+     * masked by a table of period 2^bits); else and + convert */
+    if (W->sbits <= 4 && W->sbits == W->zbits) {
+        sc = _mm512_permutexvar_ps(v, tab);
+        zc = _mm512_permutexvar_ps(vz, tab);
+    } else {
+        sc = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32((1 << W->sbits) - 1)));
+        zc = _mm512_cvtepi32_ps(_mm512_and_si512(vz, _mm512_set1_epi32((1 << W->zbits) - 1)));
+    }
+    const float *f = c->s2f + g * 4;
+    *scale = _mm512_mul_ps(_mm512_set1_ps(f[0]), _mm512_sub_ps(sc, _mm512_set1_ps(f[1])));
+    *zero = _mm512_mul_ps(_mm512_set1_ps(f[2]), _mm512_sub_ps(zc, _mm512_set1_ps(f[3])));
+}
+
+/* One token, full 32-column blocks [0, nblk) of the tile, decoding straight
+ * into the FMAs. GL = group length if it divides 32 (8, 16, 32), else 0
+ * (beta1 a multiple of 32: groups end at block ends, counted at run time). */
+AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
+    const spqr_packed *W = c->W;
+    const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
+    const uint32_t *sw = W->beta2 > 0 ? W->stat_codes + c->tile * W->stat_words * 16 : NULL;
+    const float *x = c->job->xp, *xs = c->job->xs;
+    __m512 tlo, thi = _mm512_setzero_ps();
+    if (B <= 4) {
+        const int m = (1 << B) - 1;
+        tlo = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m, 11 & m,
+                             12 & m, 13 & m, 14 & m, 15 & m);
+    } else {
+        tlo = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        thi = _mm512_setr_ps(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+    }
+    __m512 stab; /* table for statistic codes (period 2^sbits) */
+    {
+        const int m = W->sbits >= 1 && W->sbits <= 4 ? (1 << W->sbits) - 1 : 15;
+        stab = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m, 11 & m,
+                              12 & m, 13 & m, 14 & m, 15 & m);
+    }
+    const __m512i mask = _mm512_set1_epi32((1 << B) - 1);
+    __m512 y = _mm512_setzero_ps(), d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+    int64_t left = W->beta1; /* GL == 0: columns left in the current group */
+    for (int64_t m = 0; m < nblk; m++) {
+        const uint32_t *wp = tw + m * B * 16;
+#pragma GCC unroll 8
+        for (int i = 0; i < B; i++) _mm_prefetch((const char *)(wp + (8 * B + i) * 16), _MM_HINT_T0);
+        __m512i w[9];
+#pragma GCC unroll 9
+        for (int i = 0; i < 9; i++) w[i] = i < B ? _mm512_loadu_si512(wp + 16 * i) : _mm512_setzero_si512();
+        const float *xb = x + m * 32;
+#pragma GCC unroll 32
+        for (int k = 0; k < 32; k++) {
+            const int p = k * B, wi = p >> 5, s = p & 31;
+            __m512i v = s ? _mm512_srli_epi32(w[wi], s) : w[wi];
+            if (s + B > 32) v = _mm512_or_si512(v, _mm512_slli_epi32(w[wi + 1], 32 - s));
+            const __m512 cv = code_to_f32(v, B, tlo, thi, mask);
+            if (k & 1) d1 = _mm512_fmadd_ps(cv, _mm512_set1_ps(xb[k]), d1);
+            else d0 = _mm512_fmadd_ps(cv, _mm512_set1_ps(xb[k]), d0);
+            if (GL && (k + 1) % GL == 0) {
+                const int64_t g = m * (32 / (GL ? GL : 32)) + k / (GL ? GL : 32);
+                __m512 sc, zr;
+                group_stats(c, sw, g, stab, &sc, &zr);
+                y = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zr, _mm512_set1_ps(xs[g]), _mm512_add_ps(d0, d1)), y);
+                d0 = d1 = _mm512_setzero_ps();
+            }
+        }
+        if (!GL) {
+            left -= 32;
+            if (left == 0) {
+                const int64_t g = (m * 32) / W->beta1;
+                __m512 sc, zr;
+                group_stats(c, sw, g, stab, &sc, &zr);
+                y = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zr, _mm512_set1_ps(xs[g]), _mm512_add_ps(d0, d1)), y);
+                d0 = d1 = _mm512_setzero_ps();
+                left = W->beta1;
+            }
+        }
+    }
+    _mm512_store_ps(c->state, y); /* nblk ends at a group end: d0 = d1 = 0 */
+}
+
+#define FUSED_GL(B)                                                                                                 \
+    switch (W->beta1) {                                                                                             \
+    case 8: nt1_fused(c, nblk, B, 8); break;                                                                        \
+    case 16: nt1_fused(c, nblk, B, 16); break;                                                                      \
+    case 32: nt1_fused(c, nblk, B, 32); break;                                                                      \
+    default: nt1_fused(c, nblk, B, 0); break;                                                                       \
+    }
+
+/* Whether the fused path applies; nblk full blocks are then processed. */
+static bool fused_ok(const spqr_packed *W) {
+    return (W->beta2 == 0 || W->beta2 % 16 == 0) && (W->beta1 == 8 || W->beta1 == 16 || W->beta1 % 32 == 0);
+}
+
+static void run_fused(const kctx *c, int64_t nblk) {
+    const spqr_packed *W = c->W;
+    if (W->beta2 > 0) { /* float copy of the tile's row block of stats2 */
+        const uint16_t *e = W->stats2 + (c->tile * 16 / W->beta2) * W->ngroups * 4;
+        const int64_t n = (int64_t)W->ngroups * 4;
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            _mm512_store_ps(c->s2f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(e + i))));
+        for (; i < n; i++) c->s2f[i] = _cvtsh_ss(e[i]);
+    }
+    switch (W->wbits) {
+    case 2: FUSED_GL(2); break;
+    case 3: FUSED_GL(3); break;
+    case 4: FUSED_GL(4); break;
+    case 5: FUSED_GL(5); break;
+    case 6: FUSED_GL(6); break;
+    case 7: FUSED_GL(7); break;
+    default: FUSED_GL(8); break;
     }
 }
 
@@ -277,19 +412,30 @@ void spqr_qg_tile_avx512(const spqr_qg_job *job, int64_t tile, void *scratch) {
     c.sbuf = (float *)s;
     s += (((size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float)) + 63) & ~(size_t)63;
     c.state = (float *)s;
-    memset(c.state, 0, (size_t)job->nt * 32 * sizeof(float));
+    s += (size_t)SPQR_QG_TB * 32 * sizeof(float);
+    c.s2f = (float *)s;
+    memset(c.state, 0, (size_t)job->nt * 16 * sizeof(float));
 
-    for (int64_t c0 = 0; c0 < C; c0 += SPQR_QG_CH) {
+    int64_t start = 0;
+    if (job->nt == 1 && fused_ok(W)) {
+        /* whole groups within whole 32-column blocks */
+        int64_t nblk = C / 32;
+        if (W->beta1 % 32 == 0) nblk = (C / W->beta1) * (W->beta1 / 32);
+        if (nblk > 0) run_fused(&c, nblk);
+        start = nblk * 32;
+    }
+    for (int64_t c0 = start; c0 < C; c0 += SPQR_QG_CH) {
         const int64_t c1 = c0 + SPQR_QG_CH < C ? c0 + SPQR_QG_CH : C;
         dec_chunk(&c, c0, c1);
         const int64_t g0 = c0 / beta1, g1 = (c1 - 1) / beta1;
         dec_stats(&c, g0, g1);
-        run_chunk(&c, c0, c1, g0);
+        dequant_chunk(&c, c0, c1, g0);
+        run_chunk(&c, c0, c1);
     }
     const int64_t r0 = tile * 16;
     const __mmask16 m = R - r0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (R - r0)) - 1u);
     for (int t = 0; t < job->nt; t++)
-        _mm512_mask_storeu_ps(job->Y + (size_t)t * (size_t)R + (size_t)r0, m, _mm512_load_ps(c.state + t * 32));
+        _mm512_mask_storeu_ps(job->Y + (size_t)t * (size_t)R + (size_t)r0, m, _mm512_load_ps(c.state + t * 16));
     if (W->n_outliers > 0) outliers(&c);
 }
 

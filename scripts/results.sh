@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Produce docs/RESULTS.md: perplexity of the largest reference model on every
+# evaluation text for fp, RTN, GPTQ and SpQR at about 3, 3.5, 4 and 4.6
+# average bits, with the real bits per parameter of each .spqr file.
+#
+#   scripts/results.sh [MODEL] [WINDOWS]
+#
+# WINDOWS (default 0 = all) caps the number of seqlen-512 windows scored per
+# text; the table says when a cap was used. Needs a release build in build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SPQR_SHARED:-../shared}
+MODEL=${1:-$SHARED/models/ref-40m}
+WINDOWS=${2:-0}
+SPQR=./build/spqr
+OUT=${RESULTS_OUT:-docs/RESULTS.md}
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+CALIB=$SHARED/data/calib/corpus_calib.txt
+TEXTS="corpus_valid.txt wikitext2_test.raw ptb_test.txt c4_sample.utf8"
+S=512
+TAU=${TAU:-0.2}
+
+# name | method | options
+CONFIGS=(
+  "RTN w3 g128|rtn|--bits 3 --group-size 128"
+  "GPTQ w3 g128|gptq|--bits 3 --group-size 128"
+  "SpQR w3 b1=64 b2=16|spqr|--bits 3 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "RTN w3 g64|rtn|--bits 3 --group-size 64"
+  "GPTQ w3 g64|gptq|--bits 3 --group-size 64"
+  "SpQR w3 b1=16 b2=16|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "RTN w4 g128|rtn|--bits 4 --group-size 128"
+  "GPTQ w4 g128|gptq|--bits 4 --group-size 128"
+  "SpQR w4 b1=64 b2=16|spqr|--bits 4 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "RTN w4 g64|rtn|--bits 4 --group-size 64"
+  "GPTQ w4 g64|gptq|--bits 4 --group-size 64"
+  "SpQR w4 b1=16 b2=16|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+)
+
+jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
+
+eval_all() { # model -> "ppl1 | ppl2 | ..."
+  local row=""
+  for t in $TEXTS; do
+    local extra=""
+    [ "$WINDOWS" -gt 0 ] && extra="--max-windows $WINDOWS"
+    local ppl
+    ppl=$($SPQR eval "$1" --data "$SHARED/data/eval/$t" --seqlen $S $extra --json 2>/dev/null | tail -n1 | jget ppl)
+    row="$row $(printf '%.3f' "$ppl") |"
+  done
+  echo "$row"
+}
+
+{
+  echo "# Quantization results"
+  echo
+  echo "Produced by \`scripts/results.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m)); do not edit by hand."
+  echo
+  echo "Model: \`$(basename "$MODEL")\`. Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0."
+  echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only")."
+  echo "Bits are per quantized parameter: *formula* = the paper's count, *file* = real bytes in the .spqr file"
+  echo "(codes, statistics, outliers, permutation, padding)."
+  echo
+  echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$(eval_all "$MODEL") - |"
+} > "$WORK/table.md"
+cat "$WORK/table.md" >&2
+
+for c in "${CONFIGS[@]}"; do
+  IFS='|' read -r name method opts <<<"$c"
+  f="$WORK/q.spqr"
+  # shellcheck disable=SC2086
+  js=$($SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" --nsamples 128 --seqlen $S -o "$f" --json --quiet | tail -n1)
+  fb=$(echo "$js" | jget avg_bits_formula); rb=$(echo "$js" | jget avg_bits_real)
+  ol=$(echo "$js" | jget outlier_share); secs=$(echo "$js" | jget seconds)
+  line="| $name | $(printf '%.3f' "$fb") | $(printf '%.3f' "$rb") | $(awk "BEGIN{printf \"%.3f%%\", 100*$ol}") |$(eval_all "$f") $(printf '%.0f' "$secs") |"
+  echo "$line" | tee -a "$WORK/table.md" >&2
+  rm -f "$f"
+done
+cp "$WORK/table.md" "$OUT"
+echo "wrote $OUT" >&2

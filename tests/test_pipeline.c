@@ -1,0 +1,166 @@
+/* test_pipeline.c - whole-model quantization on stories260K (llama2.c, hidden
+ * 172 so groups are partial): the .spqr file written by the pipeline holds
+ * exactly the layers the quantizer produced (dequantized bit for bit equal
+ * to the simulated model), evaluating the file equals evaluating the
+ * simulated model (|dnll| <= 1e-4), and bad options fail cleanly without
+ * leaving an output file. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "eval/eval.h"
+#include "format/packed.h"
+#include "model/model.h"
+#include "quant/pipeline.h"
+#include "testutil.h"
+
+#define MODEL "models/stories260K/stories260K.bin"
+#define TOK "models/stories260K/tok512.bin"
+#define TEXT "data/eval/tinystories_valid.txt"
+
+static spqr_model *load(void) {
+    char model[4200];
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(model, tu_shared(TOK), &m), SPQR_OK);
+    return m;
+}
+
+static double eval_slice(spqr_model *m, const char *text, size_t n) {
+    spqr_ppl_result r;
+    assert_int_equal(spqr_eval_perplexity(m, text, n, 256, &r), SPQR_OK);
+    return r.nll;
+}
+
+static void run_method(spqr_qmethod method, int wbits, double tau) {
+    if (!tu_have_shared(MODEL)) return;
+    char out[4200], calib[4200];
+    snprintf(out, sizeof out, "%s/q%d.spqr", tu_tmpdir(), (int)method);
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    spqr_model *m = load();
+    char *text = NULL;
+    size_t n = 0;
+    assert_int_equal(spqr_read_file(calib, &text, &n), SPQR_OK);
+    size_t slice = n < 20000 ? n : 20000;
+    double fp = eval_slice(m, text + n - slice, slice);
+
+    spqr_quant_opts o;
+    spqr_quant_opts_default(&o);
+    spqr_qparams_default(&o.qp, method);
+    o.qp.wbits = wbits;
+    if (method == SPQR_METHOD_SPQR) o.qp.tau = tau;
+    else o.qp.beta1 = 32;
+    o.calib_path = calib;
+    o.nsamples = 16;
+    o.seqlen = 256;
+    o.out_path = out;
+    o.keep_simulated = 1;
+    spqr_quant_summary s;
+    spqr_status st = spqr_quantize_model(m, &o, &s);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    double sim = eval_slice(m, text + n - slice, slice);
+
+    spqr_model *q = NULL;
+    assert_int_equal(spqr_model_load(out, NULL, &q), SPQR_OK);
+    /* every layer in the file dequantizes bit for bit to the simulated weights */
+    const spqr_config *c = spqr_model_config(m);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
+            const spqr_linear *a = &m->blocks[l].lin[k], *b = &q->blocks[l].lin[k];
+            assert_int_equal(a->w.dt, SPQR_DT_F32);
+            assert_int_equal(b->kind, SPQR_LIN_PACKED);
+            spqr_qlayer ql;
+            memset(&ql, 0, sizeof ql);
+            assert_int_equal(spqr_unpack(b->pk, &ql), SPQR_OK);
+            float *w = malloc(sizeof(float) * (size_t)a->rows * a->cols);
+            spqr_qlayer_dequantize(&ql, w);
+            assert_memory_equal(w, a->w.data, sizeof(float) * (size_t)a->rows * a->cols);
+            free(w);
+            spqr_qlayer_free(&ql);
+        }
+    double file = eval_slice(q, text + n - slice, slice);
+    printf("  method %d, %d bits: fp nll %.5f, simulated %.5f, from file %.5f (|d| %.2g), avg bits %.3f formula "
+           "%.3f file, outliers %.3f%%\n",
+           (int)method, wbits, fp, sim, file, fabs(sim - file), s.avg_bits_formula, s.avg_bits_real,
+           100 * s.outlier_share);
+    assert_true(fabs(sim - file) <= 1e-4);
+    assert_true(sim > fp - 0.01);     /* quantization does not help */
+    assert_true(sim < fp * 1.25);     /* ... but stays close at these bit widths */
+    spqr_model_free(q);
+    spqr_model_free(m);
+    free(text);
+}
+
+static void test_spqr_file_matches_simulation(void **s) {
+    (void)s;
+    run_method(SPQR_METHOD_SPQR, 4, 0.2);
+}
+static void test_gptq_file_matches_simulation(void **s) {
+    (void)s;
+    run_method(SPQR_METHOD_GPTQ, 4, 0);
+}
+static void test_rtn_file_matches_simulation(void **s) {
+    (void)s;
+    run_method(SPQR_METHOD_RTN, 8, 0);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static void expect_cli_error(const char *opts, const char *needle) {
+    if (!tu_have_shared(MODEL)) return;
+    char args[20000], out[4200], model[4200], tok[4200], *err = NULL;
+    snprintf(out, sizeof out, "%s/bad.spqr", tu_tmpdir());
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    snprintf(tok, sizeof tok, "%s", tu_shared(TOK));
+    snprintf(args, sizeof args, "quantize '%s' --tokenizer '%s' --method spqr %s -o '%s'", model, tok, opts, out);
+    int rc = tu_run_cli(args, NULL, &err);
+    printf("  %s -> rc %d: %s", opts, rc, err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, needle));
+    assert_false(file_exists(out));
+    /* no temporary file left either */
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "ls '%s' | grep -q 'bad.spqr'", tu_tmpdir());
+    assert_int_not_equal(system(cmd), 0);
+    free(err);
+}
+
+static void test_bad_bits(void **s) {
+    (void)s;
+    expect_cli_error("--bits 9", "--bits");
+    expect_cli_error("--bits 1", "--bits");
+}
+static void test_group_does_not_fit(void **s) {
+    (void)s;
+    expect_cli_error("--group-size 100000", "group size");
+}
+static void test_calib_too_short(void **s) {
+    (void)s;
+    char p[4200], opts[4400];
+    snprintf(p, sizeof p, "%s/short.txt", tu_tmpdir());
+    const char *t = "Once upon a time there was a tiny calibration text.";
+    assert_int_equal(tu_write_file(p, t, strlen(t)), 0);
+    snprintf(opts, sizeof opts, "--calib '%s' --nsamples 4 --seqlen 64", p);
+    expect_cli_error(opts, "fewer than");
+}
+
+static int teardown(void **s) {
+    (void)s;
+    tu_cleanup();
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spqr_file_matches_simulation), cmocka_unit_test(test_gptq_file_matches_simulation),
+        cmocka_unit_test(test_rtn_file_matches_simulation),  cmocka_unit_test(test_bad_bits),
+        cmocka_unit_test(test_group_does_not_fit),           cmocka_unit_test(test_calib_too_short),
+    };
+    return cmocka_run_group_tests(tests, NULL, teardown);
+}
