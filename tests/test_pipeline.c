@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "eval/eval.h"
+#include "format/container.h"
 #include "format/packed.h"
 #include "model/model.h"
 #include "quant/pipeline.h"
@@ -150,6 +151,103 @@ static void test_calib_too_short(void **s) {
     expect_cli_error(opts, "fewer than");
 }
 
+/* Copy a .spqr file through the container API, editing its metadata with
+ * edit() and dropping the tensor called drop (if any). */
+static void rewrite(const char *src, const char *dst, void (*edit)(char *), const char *drop) {
+    spqr_container *c = NULL;
+    assert_int_equal(spqr_container_open(src, &c), SPQR_OK);
+    spqr_cwriter *w = NULL;
+    assert_int_equal(spqr_cwriter_open(dst, &w), SPQR_OK);
+    for (size_t i = 0; i < spqr_container_count(c); i++) {
+        spqr_ctensor t;
+        assert_int_equal(spqr_container_tensor(c, i, &t), SPQR_OK);
+        if (drop && !strcmp(t.name, drop)) continue;
+        assert_int_equal(spqr_cwriter_add(w, t.name, t.dtype, t.ndim, t.dims, t.data, t.nbytes), SPQR_OK);
+    }
+    char *meta = strdup(spqr_container_metadata(c));
+    if (edit) edit(meta);
+    assert_int_equal(spqr_cwriter_set_metadata(w, meta), SPQR_OK);
+    assert_int_equal(spqr_cwriter_finish(w), SPQR_OK);
+    free(meta);
+    spqr_container_close(c);
+}
+
+static void edit_wbits(char *m) { /* first layer claims 3-bit codes: section sizes disagree */
+    char *p = strstr(m, "\"layers\"");
+    assert_non_null(p);
+    p = strstr(p, "\"wbits\":4");
+    assert_non_null(p);
+    p[8] = '3';
+}
+static void edit_rows(char *m) { /* first layer claims other rows than the config implies */
+    char *p = strstr(m, "\"layers\"");
+    assert_non_null(p);
+    p = strstr(p, "\"rows\":");
+    assert_non_null(p);
+    p[7] = p[7] == '9' ? '1' : (char)(p[7] + 1);
+}
+
+static void test_corrupt_model_files(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL)) return;
+    char good[4200], bad[4300], model[4200], calib[4200];
+    snprintf(good, sizeof good, "%s/good.spqr", tu_tmpdir());
+    snprintf(bad, sizeof bad, "%s/corrupt.spqr", tu_tmpdir());
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    spqr_model *m = load();
+    spqr_quant_opts o;
+    spqr_quant_opts_default(&o);
+    o.calib_path = calib;
+    o.nsamples = 4;
+    o.seqlen = 64;
+    o.out_path = good;
+    spqr_quant_summary sum;
+    assert_int_equal(spqr_quantize_model(m, &o, &sum), SPQR_OK);
+    spqr_model_free(m);
+    struct { void (*edit)(char *); const char *drop; const char *needle; } cases[] = {
+        {edit_wbits, NULL, "blk.0.q_proj"},
+        {edit_rows, NULL, "blk.0.q_proj"},
+        {NULL, "blk.2.up_proj.codes", "blk.2.up_proj.codes"},
+        {NULL, "blk.1.o_proj.perm", "blk.1.o_proj.perm"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rewrite(good, bad, cases[i].edit, cases[i].drop);
+        spqr_model *q = NULL;
+        spqr_status st = spqr_model_load(bad, NULL, &q);
+        printf("  corrupt case %zu -> %s: %s\n", i, spqr_status_string(st), spqr_last_error());
+        assert_int_equal(st, SPQR_ERR_FORMAT);
+        assert_null(q);
+        assert_non_null(strstr(spqr_last_error(), "corrupt.spqr"));
+        assert_non_null(strstr(spqr_last_error(), cases[i].needle));
+    }
+    /* a flipped code byte: loads (codes are not range-checked) but --verify names the tensor */
+    rewrite(good, bad, NULL, NULL);
+    spqr_container *c = NULL;
+    spqr_ctensor t;
+    FILE *f = fopen(bad, "r+b");
+    assert_non_null(f);
+    /* file offset of the tensor: data section starts at byte 128 with tensor 0 */
+    assert_int_equal(spqr_container_open(bad, &c), SPQR_OK);
+    assert_int_equal(spqr_container_find(c, "blk.3.down_proj.codes", &t), SPQR_OK);
+    spqr_ctensor first;
+    assert_int_equal(spqr_container_tensor(c, 0, &first), SPQR_OK);
+    long pos = 128 + (long)((const char *)t.data - (const char *)first.data);
+    spqr_container_close(c);
+    assert_int_equal(fseek(f, pos + 3, SEEK_SET), 0);
+    int ch = fgetc(f);
+    assert_int_equal(fseek(f, pos + 3, SEEK_SET), 0);
+    fputc(ch ^ 0x40, f);
+    fclose(f);
+    char args[9000], *err = NULL;
+    snprintf(args, sizeof args, "inspect '%s' --verify", bad);
+    int rc = tu_run_cli(args, NULL, &err);
+    printf("  flipped code byte -> rc %d: %s", rc, err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, "blk.3.down_proj.codes"));
+    free(err);
+}
+
 static int teardown(void **s) {
     (void)s;
     tu_cleanup();
@@ -161,6 +259,7 @@ int main(void) {
         cmocka_unit_test(test_spqr_file_matches_simulation), cmocka_unit_test(test_gptq_file_matches_simulation),
         cmocka_unit_test(test_rtn_file_matches_simulation),  cmocka_unit_test(test_bad_bits),
         cmocka_unit_test(test_group_does_not_fit),           cmocka_unit_test(test_calib_too_short),
+        cmocka_unit_test(test_corrupt_model_files),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

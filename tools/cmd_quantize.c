@@ -1,5 +1,6 @@
 /* cmd_quantize.c - spqr quantize MODEL --method rtn|gptq|spqr [...] -o OUT */
 #include <math.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -147,17 +148,21 @@ int cmd_quantize(int argc, char **argv) {
     cli_progress_done();
     spqr_model_free(m);
     if (st) return cli_fail(st);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mb = (double)ru.ru_maxrss / 1024.0;
     fprintf(stderr,
-            "spqr quantize: %s -> %s: %lld params, avg bits %.4f (formula) / %.4f (file), outliers %.4f%%, %.1f s\n",
+            "spqr quantize: %s -> %s: %lld params, avg bits %.4f (formula) / %.4f (file), outliers %.4f%%, %.1f s, "
+            "peak RSS %.0f MiB\n",
             model, out, (long long)s.quantized_params, s.avg_bits_formula, s.avg_bits_real, 100.0 * s.outlier_share,
-            s.seconds);
+            s.seconds, rss_mb);
     if (json)
         printf("{\"output\":\"%s\",\"method\":\"%s\",\"wbits\":%d,\"beta1\":%d,\"beta2\":%d,\"sbits\":%d,"
                "\"tau\":%.6g,\"quantized_params\":%lld,\"quantized_bytes\":%lld,\"avg_bits\":%.6f,"
                "\"avg_bits_formula\":%.6f,\"avg_bits_real\":%.6f,\"n_outliers\":%lld,\"outlier_share\":%.8f,"
-               "\"seconds\":%.3f}\n",
+               "\"seconds\":%.3f,\"peak_rss_mib\":%.1f}\n",
                out, method, o.qp.wbits, o.qp.beta1, o.qp.beta2, o.qp.sbits, o.qp.tau, (long long)s.quantized_params,
                (long long)s.quantized_bytes, s.avg_bits_real, s.avg_bits_formula, s.avg_bits_real,
-               (long long)s.n_outliers, s.outlier_share, s.seconds);
+               (long long)s.n_outliers, s.outlier_share, s.seconds, rss_mb);
     return 0;
 }

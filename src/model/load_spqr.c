@@ -87,7 +87,9 @@ static spqr_status load_packed(spqr_container *c, const char *path, const cJSON 
     if (!pk) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     spqr_status st = spqr_packed_from_sections(&g, sec, n, pk);
     if (st) {
-        spqr_status s2 = spqr_fail(st, "%s: layer %s: %s", path, base, spqr_last_error());
+        char why[512];
+        snprintf(why, sizeof why, "%s", spqr_last_error());
+        spqr_status s2 = spqr_fail(st, "%s: layer %s: %s", path, base, why);
         free(pk);
         return s2;
     }

@@ -160,8 +160,9 @@ static spqr_status quantize_linear(pipe_t *p, int l, int k, const double *H, flo
     spqr_status st = spqr_quantize_layer(W, (int)R, (int)C, H, &p->o->qp, &q, &rep);
     if (st) {
         free(W);
-        spqr_status st2 = spqr_fail(st, "block %d %s: %s", l, spqr_linear_names[k], spqr_last_error());
-        return st2;
+        char why[512];
+        snprintf(why, sizeof why, "%s", spqr_last_error());
+        return spqr_fail(st, "block %d %s: %s", l, spqr_linear_names[k], why);
     }
     spqr_qlayer_dequantize(&q, W); /* W now holds the simulated weights */
     spqr_packed pk;
