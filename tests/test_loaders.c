@@ -42,7 +42,7 @@ static int make_tensors(tdesc *t) {
     return n;
 }
 
-enum { OK_MODEL, TRUNCATED, HUGE_HEADER, OVERLAP, OUT_OF_RANGE, NAN_WEIGHT, WRONG_SHAPE, WRONG_DTYPE };
+enum { OK_MODEL, TRUNCATED, HUGE_HEADER, OVERLAP, OUT_OF_RANGE, NAN_WEIGHT, WRONG_SHAPE, WRONG_DTYPE, MISALIGNED };
 
 /* Write dir/model.safetensors for the tiny model with an optional defect. */
 static void write_st(const char *path, int defect) {
@@ -68,17 +68,21 @@ static void write_st(const char *path, int defect) {
         off += (size_t)numel * 4;
     }
     k += (size_t)snprintf(hdr + k, sizeof hdr - k, "}");
+    while (k % 8) hdr[k++] = ' '; /* safetensors pads the header so data is aligned */
+    if (defect == MISALIGNED) hdr[k++] = ' ';
     size_t total = 8 + k + off;
     unsigned char *buf = calloc(1, total);
     uint64_t hl = defect == HUGE_HEADER ? (uint64_t)1 << 40 : (uint64_t)k;
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hl >> (8 * i));
     memcpy(buf + 8, hdr, k);
-    float *w = (float *)(buf + 8 + k);
+    float *w = malloc(off);
     tu_seed(7);
     for (size_t i = 0; i < off / 4; i++) w[i] = 0.1f * tu_rand_normal();
     for (int i = 1; i < 4; i++) /* norms = 1 */
-        for (long j = 0; j < t[i].shape[0]; j++) ((float *)(buf + 8 + k + offs[i][0]))[j] = 1.0f;
+        for (long j = 0; j < t[i].shape[0]; j++) w[offs[i][0] / 4 + (size_t)j] = 1.0f;
     if (defect == NAN_WEIGHT) w[5] = NAN;
+    memcpy(buf + 8 + k, w, off);
+    free(w);
     size_t write_n = defect == TRUNCATED ? total - 100 : total;
     assert_int_equal(tu_write_file(path, buf, write_n), 0);
     free(buf);
@@ -169,6 +173,10 @@ static void test_wrong_dtype(void **s) {
 static void test_wrong_shape(void **s) {
     (void)s;
     expect_fail(make_model("shape", WRONG_SHAPE, "LlamaForCausalLM", "float32"), NULL, "shape", "shape");
+}
+static void test_misaligned(void **s) {
+    (void)s;
+    expect_fail(make_model("align", MISALIGNED, "LlamaForCausalLM", "float32"), NULL, "aligned", "misaligned data");
 }
 static void test_unknown_arch(void **s) {
     (void)s;
@@ -294,7 +302,7 @@ int main(void) {
         cmocka_unit_test(test_missing_shard),    cmocka_unit_test(test_tokenizer_vocab_mismatch),
         cmocka_unit_test(test_nan_warns),        cmocka_unit_test(test_empty_eval_text),
         cmocka_unit_test(test_seqlen_too_long),  cmocka_unit_test(test_llama2c_truncated),
-        cmocka_unit_test(test_missing_path),
+        cmocka_unit_test(test_missing_path),     cmocka_unit_test(test_misaligned),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

@@ -127,8 +127,11 @@ spqr_status spqr_st_add_file(spqr_st_set *set, const char *path) {
                            path, name, (unsigned long long)(e - b), need);
             break;
         }
-        if (t.dtype != SPQR_DT_U8 && (b % spqr_dtype_size(t.dtype)) != 0) {
-            st = spqr_fail(SPQR_ERR_FORMAT, "%s: tensor '%s' is misaligned", path, name);
+        if (((uintptr_t)(data + b) % spqr_dtype_size(t.dtype)) != 0) {
+            st = spqr_fail(SPQR_ERR_UNSUPPORTED,
+                           "%s: tensor '%s' is not aligned to its %zu-byte elements (header length %llu is not "
+                           "padded to a multiple of 8; re-save the file with a current safetensors)",
+                           path, name, spqr_dtype_size(t.dtype), (unsigned long long)hlen);
             break;
         }
         t.name = strdup(name);
