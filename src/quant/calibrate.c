@@ -222,6 +222,7 @@ static spqr_status run_block(pipe_t *p, int l, float **deq) {
         free(H);
     }
     if (st) return st;
+    if (!p->X) return SPQR_OK; /* RTN: no calibration activations */
     /* propagate the calibration activations through the quantized block */
     if (p->o->on_stage) p->o->on_stage(p->o->user, l, "propagate");
     size_t D = (size_t)p->m->cfg.dim;
@@ -235,8 +236,9 @@ static spqr_status run_block(pipe_t *p, int l, float **deq) {
 static char *provenance_json(const spqr_model *m, const spqr_quant_opts *o, int S, uint64_t hash, double secs) {
     const spqr_qparams *q = &o->qp;
     const char *method = q->method == SPQR_METHOD_RTN ? "rtn" : q->method == SPQR_METHOD_GPTQ ? "gptq" : "spqr";
-    const char *base = strrchr(o->calib_path, '/');
-    base = base ? base + 1 : o->calib_path;
+    const char *calib = q->method == SPQR_METHOD_RTN || !o->calib_path ? "" : o->calib_path;
+    const char *base = strrchr(calib, '/');
+    base = base ? base + 1 : calib;
     const char *src = strrchr(m->path, '/');
     src = (src && src[1]) ? src + 1 : m->path;
     char *buf = malloc(4096);
@@ -258,7 +260,8 @@ static char *provenance_json(const spqr_model *m, const spqr_quant_opts *o, int 
              "\"nsamples\":%d,\"seqlen\":%d,\"seed\":%llu,\"seconds\":%.2f}",
              SPQR_VERSION_STRING, b2, method, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, q->tau,
              q->simplified_outliers ? "true" : "false", q->act_order ? "act-order" : "identity", q->percdamp,
-             q->blocksize, b1, (unsigned long long)hash, o->nsamples, S, (unsigned long long)o->seed, secs);
+             q->blocksize, b1, (unsigned long long)hash, *calib ? o->nsamples : 0, *calib ? S : 0,
+             (unsigned long long)o->seed, secs);
     return buf;
 }
 
@@ -266,7 +269,8 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
     memset(sum, 0, sizeof *sum);
     if (m->source == SPQR_SRC_SPQR)
         return spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the model is already quantized", m->path);
-    if (!o->calib_path) return spqr_fail(SPQR_ERR_INVALID_ARG, "no calibration text given");
+    bool calibrate = o->qp.method != SPQR_METHOD_RTN; /* RTN needs no data */
+    if (calibrate && !o->calib_path) return spqr_fail(SPQR_ERR_INVALID_ARG, "no calibration text given");
     const spqr_config *c = &m->cfg;
     spqr_status st = SPQR_OK;
     for (int k = 0; k < SPQR_LIN_PER_BLOCK && !st; k++) {
@@ -281,7 +285,7 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
     if (o->nsamples < 1 || S < 2) return spqr_fail(SPQR_ERR_INVALID_ARG, "need --nsamples >= 1 and --seqlen >= 2");
     int32_t *tok = NULL;
     uint64_t hash = 0;
-    if ((st = calib_tokens(m, o, S, &tok, &hash))) return st;
+    if (calibrate && (st = calib_tokens(m, o, S, &tok, &hash))) return st;
 
     pipe_t p;
     memset(&p, 0, sizeof p);
@@ -294,14 +298,17 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
     p.t0 = spqr_now();
     p.layers_total = c->n_layers * SPQR_LIN_PER_BLOCK;
     size_t D = (size_t)c->dim, ntok = (size_t)p.N * (size_t)S;
-    p.X = spqr_malloc_array(ntok, D * sizeof(float));
-    p.Xs = spqr_malloc_array((size_t)p.per * S, D * sizeof(float));
+    if (calibrate) {
+        p.X = spqr_malloc_array(ntok, D * sizeof(float));
+        p.Xs = spqr_malloc_array((size_t)p.per * S, D * sizeof(float));
+        if (!p.X || !p.Xs) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for calibration activations");
+    }
     float **deq = calloc((size_t)c->n_layers * SPQR_LIN_PER_BLOCK, sizeof(float *));
     spqr_linear *orig = malloc(sizeof(spqr_linear) * (size_t)c->n_layers * SPQR_LIN_PER_BLOCK);
-    if (!p.X || !p.Xs || !deq || !orig) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for calibration activations");
+    if (!st && (!deq || !orig)) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     for (int l = 0; l < c->n_layers && orig; l++)
         memcpy(orig + (size_t)l * SPQR_LIN_PER_BLOCK, m->blocks[l].lin, sizeof(spqr_linear) * SPQR_LIN_PER_BLOCK);
-    if (!st) {
+    if (!st && calibrate) {
         spqr_embed(m, tok, (int)ntok, p.X);
         sum->calib_tokens = (double)ntok;
     }
