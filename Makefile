@@ -47,8 +47,11 @@ demo: build
 	./$(BUILD)/spqr eval $(BUILD)/ref-40m-spqr.spqr --data $(SHARED)/data/eval/ptb_test.txt --seqlen 512
 
 bench: build
-	./$(BUILD)/bench_prefill $(MODEL)
+	./$(BUILD)/bench_prefill $(MODEL) 512
 	./$(BUILD)/bench_kernels
+	/usr/bin/time -v ./$(BUILD)/spqr quantize $(MODEL) --method spqr --outlier-threshold 0.2 \
+	    --calib $(SHARED)/data/calib/corpus_calib.txt --nsamples 128 --seqlen 512 -o $(BUILD)/bench.spqr --quiet
+	./$(BUILD)/bench_e2e $(MODEL) $(BUILD)/bench.spqr 512 128
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-fuzz

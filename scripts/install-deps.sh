@@ -3,7 +3,7 @@
 # As root: installs missing ones with apt-get. Otherwise prints the command.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev liblapacke-dev libcjson-dev
-      libcmocka-dev libxxhash-dev clang)
+      libcmocka-dev libxxhash-dev clang time)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "testutil.h"
+#include "util/common.h"
 
 /* tiny LLaMA: dim 16, hidden 32, 1 layer, 2 heads, 1 kv head, vocab 512 */
 #define TD 16
@@ -21,6 +22,8 @@ typedef struct {
     int ndim;
     long shape[2];
 } tdesc;
+
+static int g_f16, g_untied; /* variants: F16 storage, separate lm_head */
 
 static int make_tensors(tdesc *t) {
     int n = 0;
@@ -38,7 +41,14 @@ static int make_tensors(tdesc *t) {
         t[n].shape[1] = shp[i][1];
         n++;
     }
-    for (int i = 0; i < n; i++) t[i].dtype = "F32";
+    if (g_untied) {
+        snprintf(t[n].name, 96, "lm_head.weight");
+        t[n].ndim = 2;
+        t[n].shape[0] = TV;
+        t[n].shape[1] = TD;
+        n++;
+    }
+    for (int i = 0; i < n; i++) t[i].dtype = g_f16 ? "F16" : "F32";
     return n;
 }
 
@@ -50,13 +60,13 @@ static void write_st(const char *path, int defect) {
     int n = make_tensors(t);
     if (defect == WRONG_SHAPE) t[4].shape[0] = TD + 1; /* q_proj rows */
     char hdr[8192];
-    size_t off = 0, k = 0;
+    size_t off = 0, k = 0, es = g_f16 ? 2 : 4;
     k += (size_t)snprintf(hdr + k, sizeof hdr - k, "{");
     size_t offs[16][2];
     for (int i = 0; i < n; i++) {
         long numel = t[i].shape[0] * (t[i].ndim == 2 ? t[i].shape[1] : 1);
         offs[i][0] = off;
-        offs[i][1] = off + (size_t)numel * 4;
+        offs[i][1] = off + (size_t)numel * es;
         if (defect == OVERLAP && i == 3) offs[i][0] -= 8, offs[i][1] -= 8;
         if (defect == OUT_OF_RANGE && i == n - 1) offs[i][1] += 4096, offs[i][0] += 4096;
         if (t[i].ndim == 2)
@@ -65,7 +75,7 @@ static void write_st(const char *path, int defect) {
         else
             k += (size_t)snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%ld],\"data_offsets\":[%zu,%zu]}",
                                   i ? "," : "", t[i].name, t[i].dtype, t[i].shape[0], offs[i][0], offs[i][1]);
-        off += (size_t)numel * 4;
+        off += (size_t)numel * es;
     }
     k += (size_t)snprintf(hdr + k, sizeof hdr - k, "}");
     while (k % 8) hdr[k++] = ' '; /* safetensors pads the header so data is aligned */
@@ -75,13 +85,21 @@ static void write_st(const char *path, int defect) {
     uint64_t hl = defect == HUGE_HEADER ? (uint64_t)1 << 40 : (uint64_t)k;
     for (int i = 0; i < 8; i++) buf[i] = (unsigned char)(hl >> (8 * i));
     memcpy(buf + 8, hdr, k);
-    float *w = malloc(off);
+    size_t nel = off / es;
+    float *w = malloc(nel * sizeof(float));
     tu_seed(7);
-    for (size_t i = 0; i < off / 4; i++) w[i] = 0.1f * tu_rand_normal();
+    for (size_t i = 0; i < nel; i++) w[i] = 0.1f * tu_rand_normal();
     for (int i = 1; i < 4; i++) /* norms = 1 */
-        for (long j = 0; j < t[i].shape[0]; j++) w[offs[i][0] / 4 + (size_t)j] = 1.0f;
+        for (long j = 0; j < t[i].shape[0]; j++) w[offs[i][0] / es + (size_t)j] = 1.0f;
+    if (g_untied) /* lm_head = 2 x embeddings: logits exactly double the tied model's */
+        for (size_t j = 0; j < (size_t)TV * TD; j++) w[offs[n - 1][0] / es + j] = 2.0f * w[j];
     if (defect == NAN_WEIGHT) w[5] = NAN;
-    memcpy(buf + 8 + k, w, off);
+    if (g_f16) {
+        uint16_t *h = (uint16_t *)(buf + 8 + k);
+        for (size_t i = 0; i < nel; i++) h[i] = spqr_f32_to_f16(w[i]);
+    } else {
+        memcpy(buf + 8 + k, w, off);
+    }
     free(w);
     size_t write_n = defect == TRUNCATED ? total - 100 : total;
     assert_int_equal(tu_write_file(path, buf, write_n), 0);
@@ -94,8 +112,8 @@ static void write_config(const char *dir, const char *arch, const char *dtype) {
     snprintf(txt, sizeof txt,
              "{\"architectures\":[\"%s\"],\"hidden_size\":%d,\"intermediate_size\":%d,\"num_hidden_layers\":1,"
              "\"num_attention_heads\":2,\"num_key_value_heads\":1,\"vocab_size\":%d,\"max_position_embeddings\":64,"
-             "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":true,\"torch_dtype\":\"%s\"}",
-             arch, TD, TF, TV, dtype);
+             "\"rms_norm_eps\":1e-5,\"rope_theta\":10000.0,\"tie_word_embeddings\":%s,\"torch_dtype\":\"%s\"}",
+             arch, TD, TF, TV, g_untied ? "false" : "true", dtype);
     assert_int_equal(tu_write_file(path, txt, strlen(txt)), 0);
 }
 
@@ -148,6 +166,42 @@ static void test_good_model_loads(void **s) {
     for (int i = 0; i < 5 * TV; i++) assert_true(isfinite(logits[i]));
     free(logits);
     spqr_model_free(m);
+}
+
+static float *tiny_logits(const char *dir, const int32_t *tok, int T) {
+    spqr_model *m = NULL;
+    spqr_status st = spqr_model_load(dir, NULL, &m);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    float *lg = malloc(sizeof(float) * (size_t)T * TV);
+    assert_int_equal(spqr_forward(m, tok, T, lg), SPQR_OK);
+    spqr_model_free(m);
+    return lg;
+}
+
+/* f16 storage and an untied head (4.x-style config) load and run right. */
+static void test_f16_and_untied(void **s) {
+    (void)s;
+    int32_t tok[6] = {1, 17, 4, 250, 511, 3};
+    const char *d = make_model("ref32", OK_MODEL, "LlamaForCausalLM", "float32");
+    float *a = tiny_logits(d, tok, 6);
+    g_untied = 1;
+    d = make_model("untied", OK_MODEL, "MistralForCausalLM", "float32");
+    float *b = tiny_logits(d, tok, 6);
+    g_untied = 0;
+    for (int i = 0; i < 6 * TV; i++) assert_true(b[i] == 2.0f * a[i]);
+    g_f16 = 1;
+    d = make_model("f16", OK_MODEL, "LlamaForCausalLM", "float16");
+    float *c = tiny_logits(d, tok, 6);
+    g_f16 = 0;
+    double maxd = 0;
+    for (int i = 0; i < 6 * TV; i++) maxd = fmax(maxd, fabs(c[i] - a[i]));
+    printf("  f16 vs f32 weights: max logit difference %.3g\n", maxd);
+    assert_true(maxd < 2e-2);
+    assert_true(maxd > 0); /* really read as f16 */
+    free(a);
+    free(b);
+    free(c);
 }
 
 static void test_truncated(void **s) {
@@ -296,6 +350,7 @@ static int teardown(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_model_loads), cmocka_unit_test(test_truncated),
+        cmocka_unit_test(test_f16_and_untied),
         cmocka_unit_test(test_huge_header),      cmocka_unit_test(test_overlap),
         cmocka_unit_test(test_out_of_range),     cmocka_unit_test(test_wrong_dtype),
         cmocka_unit_test(test_wrong_shape),      cmocka_unit_test(test_unknown_arch),
