@@ -14,7 +14,8 @@
 /* One pass: tokens [t0, t0 + nt) of a call, nt <= SPQR_QG_TB. */
 typedef struct spqr_qg_job {
     const spqr_packed *W;
-    const float *xp; /* [nt][cols]: inputs in permuted column order          */
+    const float *xp; /* [cols][nt]: inputs in permuted column order, tokens   */
+                     /* interleaved: xp[j * nt + t]                          */
     const float *xs; /* [nt][ngroups]: sums of xp over each group            */
     int nt;
     float *Y;        /* output of the pass's first token; row stride W->rows */

@@ -2,6 +2,7 @@
  * reference kernel and the dense matrix-vector products. */
 #include "kernels_internal.h"
 
+#include <cpuid.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <omp.h>
@@ -12,12 +13,19 @@ enum { K_UNSET = 0, K_REF = 1, K_AVX2 = 2, K_AVX512 = 3 };
 static const char *const k_kind_names[] = {"unset", "ref", "avx2", "avx512"};
 static _Atomic int g_kind = K_UNSET;
 
+/* F16C (CPUID.1:ECX bit 29); clang 14's __builtin_cpu_supports lacks it. */
+static bool cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    return (c >> 29) & 1u;
+}
+
 static bool cpu_has(int kind) {
     __builtin_cpu_init();
     switch (kind) {
     case K_REF: return true;
     case K_AVX2:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case K_AVX512:
         return cpu_has(K_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -144,19 +152,27 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
         spqr_qg_job job = {W, xp, xs, nt, Y + (size_t)t0 * (size_t)R};
 #pragma omp parallel num_threads(nth)
         {
+            /* gather the pass's inputs into permuted order, token-interleaved:
+             * xp[j][t] = X[t0 + t][perm[j]] */
+#pragma omp for schedule(static)
+            for (int64_t j0 = 0; j0 < C; j0 += 256) {
+                const int64_t j1 = j0 + 256 < C ? j0 + 256 : C;
+                for (int t = 0; t < nt; t++) {
+                    const float *x = X + (size_t)(t0 + t) * (size_t)C;
+                    if (W->wide)
+                        for (int64_t j = j0; j < j1; j++) xp[j * nt + t] = x[((const uint32_t *)W->perm)[j]];
+                    else
+                        for (int64_t j = j0; j < j1; j++) xp[j * nt + t] = x[((const uint16_t *)W->perm)[j]];
+                }
+            }
+            /* group sums (used by the single-token path) */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
-                const float *x = X + (size_t)(t0 + t) * (size_t)C;
-                float *d = xp + (size_t)t * (size_t)C;
                 float *s = xs + (size_t)t * (size_t)G;
-                if (W->wide)
-                    for (int64_t j = 0; j < C; j++) d[j] = x[((const uint32_t *)W->perm)[j]];
-                else
-                    for (int64_t j = 0; j < C; j++) d[j] = x[((const uint16_t *)W->perm)[j]];
                 for (int64_t g = 0; g < G; g++) {
                     int64_t a = g * W->beta1, b = a + W->beta1 < C ? a + W->beta1 : C;
                     float acc = 0.0f;
-                    for (int64_t j = a; j < b; j++) acc += d[j];
+                    for (int64_t j = a; j < b; j++) acc += xp[j * nt + t];
                     s[g] = acc;
                 }
             }

@@ -177,31 +177,31 @@ static void dequant_chunk(const kctx *c, int64_t c0, int64_t c1, int64_t g0) {
 AI void gemm_tokens(const kctx *c, int64_t c0, int64_t c1, int tt, const int NT) {
     enum { MAXT = 16 };
     const int P = NT >= 4 ? 1 : NT == 1 ? 4 : 2; /* independent chains per token */
-    const int64_t C = c->W->cols;
     __m512 acc[MAXT][4];
-    const float *xr[MAXT];
 #pragma GCC unroll 16
     for (int t = 0; t < NT; t++) {
         acc[t][0] = _mm512_load_ps(c->state + (tt + t) * 16);
 #pragma GCC unroll 4
         for (int q = 1; q < P; q++) acc[t][q] = _mm512_setzero_ps();
-        xr[t] = c->job->xp + (size_t)(tt + t) * (size_t)C + c0;
     }
-    const int64_t n = c1 - c0;
+    const int64_t n = c1 - c0, nt = c->job->nt;
+    const float *xc = c->job->xp + c0 * nt + tt; /* x of column c0 + k, token tt + t: xc[k * nt + t] */
     const float *cb = c->cbuf;
     int64_t k = 0;
     for (; k + P <= n; k += P) {
 #pragma GCC unroll 4
         for (int q = 0; q < P; q++) {
             const __m512 w = _mm512_load_ps(cb + (k + q) * 16);
+            const float *xk = xc + (k + q) * nt;
 #pragma GCC unroll 16
-            for (int t = 0; t < NT; t++) acc[t][q] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[t][k + q]), acc[t][q]);
+            for (int t = 0; t < NT; t++) acc[t][q] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[t]), acc[t][q]);
         }
     }
     for (; k < n; k++) {
         const __m512 w = _mm512_load_ps(cb + k * 16);
+        const float *xk = xc + k * nt;
 #pragma GCC unroll 16
-        for (int t = 0; t < NT; t++) acc[t][0] = _mm512_fmadd_ps(w, _mm512_set1_ps(xr[t][k]), acc[t][0]);
+        for (int t = 0; t < NT; t++) acc[t][0] = _mm512_fmadd_ps(w, _mm512_set1_ps(xk[t]), acc[t][0]);
     }
 #pragma GCC unroll 16
     for (int t = 0; t < NT; t++) {
@@ -373,26 +373,33 @@ static void run_fused(const kctx *c, int64_t nblk) {
 
 static void outliers(const kctx *c) {
     const spqr_packed *W = c->W;
-    const int64_t R = W->rows, C = W->cols;
+    const int64_t R = W->rows;
     const int nt = c->job->nt;
+    const __m512i vnt = _mm512_set1_epi32(nt);
+    if ((int64_t)W->cols * nt > INT32_MAX) { /* gather indices would overflow */
+        for (int64_t r = c->tile * 16; r < R && r < c->tile * 16 + 16; r++)
+            for (int64_t k = W->ol_row_ptr[r]; k < W->ol_row_ptr[r + 1]; k++) {
+                const int64_t j = W->wide ? ((const uint32_t *)W->ol_col)[k] : ((const uint16_t *)W->ol_col)[k];
+                const float v = _cvtsh_ss(W->ol_val[k]);
+                for (int t = 0; t < nt; t++) c->job->Y[(size_t)t * (size_t)R + (size_t)r] += v * c->job->xp[j * nt + t];
+            }
+        return;
+    }
     for (int l = 0; l < 16; l++) {
         const int64_t r = c->tile * 16 + l;
         if (r >= R) break;
         const int64_t k0 = W->ol_row_ptr[r], k1 = W->ol_row_ptr[r + 1];
-        if (k0 == k1) continue;
-        for (int t = 0; t < nt; t++) {
-            const float *x = c->job->xp + (size_t)t * (size_t)C;
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t k = k0; k < k1; k += 16) {
-                const __mmask16 m = k1 - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k1 - k)) - 1u);
-                __m512i idx;
-                if (W->wide) idx = _mm512_maskz_loadu_epi32(m, (const uint32_t *)W->ol_col + k);
-                else idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W->ol_col + k));
-                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, x, 4);
-                const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, W->ol_val + k));
-                acc = _mm512_fmadd_ps(v, xv, acc);
+        for (int64_t k = k0; k < k1; k += 16) {
+            const __mmask16 m = k1 - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (k1 - k)) - 1u);
+            __m512i idx;
+            if (W->wide) idx = _mm512_maskz_loadu_epi32(m, (const uint32_t *)W->ol_col + k);
+            else idx = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, (const uint16_t *)W->ol_col + k));
+            if (nt > 1) idx = _mm512_mullo_epi32(idx, vnt); /* x of column j, token t: xp[j * nt + t] */
+            const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, W->ol_val + k));
+            for (int t = 0; t < nt; t++) {
+                const __m512 xv = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, c->job->xp + t, 4);
+                c->job->Y[(size_t)t * (size_t)R + (size_t)r] += _mm512_reduce_add_ps(_mm512_mul_ps(v, xv));
             }
-            c->job->Y[(size_t)t * (size_t)R + (size_t)r] += _mm512_reduce_add_ps(acc);
         }
     }
 }
