@@ -36,6 +36,7 @@ fuzz: deps
 	CC=clang cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=Debug -DSPQR_FUZZ=ON -DSPQR_CUDA=OFF >/dev/null
 	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_container
 	mkdir -p $(BUILD)-fuzz/corpus
+	SPQR_FUZZ_SEED_DIR=$(BUILD)-fuzz/corpus $(BUILD)-fuzz/fuzz_container -runs=0 $(BUILD)-fuzz/corpus
 	$(BUILD)-fuzz/fuzz_container -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus
 
 demo: build
