@@ -259,6 +259,8 @@ static double time_sgemm(const dense_set *s, int rows, int cols, const float *X,
     return m;
 }
 
+static double g_best; /* min time of the last time_q series */
+
 static double time_q(const pcopies *c, const float *X, int T, float *Y, int iters) {
     double *t = malloc((size_t)iters * sizeof(double));
     for (int i = 0; i < c->n; i++) spqr_qgemm(&c->p[i], X, T, Y);
@@ -268,6 +270,7 @@ static double time_q(const pcopies *c, const float *X, int T, float *Y, int iter
         t[i] = spqr_now() - t0;
     }
     double m = median(t, iters);
+    g_best = t[0];
     free(t);
     return m;
 }
@@ -281,18 +284,22 @@ int main(int argc, char **argv) {
     printf("copy bandwidth (read + write, 2 x 256 MiB, best of 6): %.1f GB/s\n\n", bw);
 
     static const int shapes[3][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
-    printf("%-11s %4s %8s %6s | %8s %6s %6s | %8s %6s | %8s %6s | %9s %8s %9s %6s\n", "shape", "bits", "MB", "bits/w",
-           "q us", "GB/s", "%copy", "f32 us", "x f32", "bf16 us", "x bf16", "q16 us", "us/tok", "sgemm16", "x sg16");
+    typedef struct row {
+        int R, C, bits;
+        double mb, bpw, t_q, gbs, best_gbs, t_f32, t_bf16, t_q16, t_sg;
+    } row;
+    row rows[6];
+    int nr = 0;
     for (int si = 0; si < 3; si++) {
         const int R = shapes[si][0], C = shapes[si][1];
         float *x = xalloc((size_t)C * 16 * sizeof(float)), *y = xalloc((size_t)R * 16 * sizeof(float));
         for (size_t i = 0; i < (size_t)C * 16; i++) x[i] = urand() - 0.5f;
         dense_set f32, bf16;
         dense_make(&f32, SPQR_DT_F32, R, C);
-        dense_make(&bf16, SPQR_DT_BF16, R, C);
         const double t_f32 = time_dense(&f32, R, C, x, y, iters);
+        dense_free(&f32);
+        dense_make(&bf16, SPQR_DT_BF16, R, C);
         const double t_bf16 = time_dense(&bf16, R, C, x, y, iters);
-        const double t_sg = time_sgemm(&f32, R, C, x, 16, y, quick ? 5 : 20);
         dense_free(&bf16);
         for (int bits = 3; bits <= 4; bits++) {
             spqr_qlayer q;
@@ -307,24 +314,63 @@ int main(int argc, char **argv) {
             pcopies c;
             make_copies(&p, ncopies_for(pb), &c);
             spqr_packed_free(&p);
-            const double t_q = time_q(&c, x, 1, y, iters * 2);
-            const double t_q16 = time_q(&c, x, 16, y, quick ? 10 : 40);
-            const double rd = (double)pb + (double)C * 4;
-            char shp[32];
-            snprintf(shp, sizeof shp, "%dx%d", R, C);
-            printf("%-11s %4d %8.2f %6.3f | %8.1f %6.1f %5.0f%% | %8.1f %5.2fx | %8.1f %5.2fx | %9.1f %8.1f %9.1f %5.2fx\n",
-                   shp, bits, pb / 1e6, 8.0 * pb / ((double)R * C), t_q * 1e6, rd / t_q / 1e9,
-                   100.0 * rd / t_q / 1e9 / bw, t_f32 * 1e6, t_f32 / t_q, t_bf16 * 1e6, t_bf16 / t_q, t_q16 * 1e6,
-                   t_q16 * 1e6 / 16, t_sg * 1e6, t_sg / t_q16);
-            fflush(stdout);
+            row *w = &rows[nr++];
+            w->R = R;
+            w->C = C;
+            w->bits = bits;
+            w->mb = pb / 1e6;
+            w->bpw = 8.0 * pb / ((double)R * C);
+            w->t_q = time_q(&c, x, 1, y, iters * 2);
+            w->gbs = ((double)pb + (double)C * 4) / w->t_q / 1e9;
+            w->best_gbs = ((double)pb + (double)C * 4) / g_best / 1e9;
+            w->t_q16 = time_q(&c, x, 16, y, quick ? 10 : 40);
+            w->t_f32 = t_f32;
+            w->t_bf16 = t_bf16;
             free_copies(&c);
         }
-        dense_free(&f32);
         free(x);
         free(y);
     }
-    printf("\nq us: median time of one packed matrix-vector product; GB/s: (packed bytes + x) / time;\n"
-           "f32/bf16 us: dense gemv of the same shape; q16: 16 tokens in one call; sgemm16: OpenBLAS sgemm,\n"
+    /* OpenBLAS last: its threads keep spinning after a call */
+    for (int si = 0; si < 3; si++) {
+        const int R = shapes[si][0], C = shapes[si][1];
+        float *x = xalloc((size_t)C * 16 * sizeof(float)), *y = xalloc((size_t)R * 16 * sizeof(float));
+        for (size_t i = 0; i < (size_t)C * 16; i++) x[i] = urand() - 0.5f;
+        dense_set f32;
+        dense_make(&f32, SPQR_DT_F32, R, C);
+        const double t = time_sgemm(&f32, R, C, x, 16, y, quick ? 5 : 15);
+        dense_free(&f32);
+        for (int i = 0; i < nr; i++)
+            if (rows[i].R == R && rows[i].C == C) rows[i].t_sg = t;
+        free(x);
+        free(y);
+    }
+    printf("%-11s %4s %6s %6s | %7s %6s %6s %5s | %7s %6s | %7s %6s | %8s %7s %8s %6s\n", "shape", "bits", "MB",
+           "bits/w", "q us", "GB/s", "%copy", "best", "f32 us", "x f32", "bf16 us", "x bf16", "q16 us", "us/tok",
+           "sgemm16", "x sg16");
+    for (int i = 0; i < nr; i++) {
+        const row *w = &rows[i];
+        char shp[32];
+        snprintf(shp, sizeof shp, "%dx%d", w->R, w->C);
+        printf("%-11s %4d %6.2f %6.3f | %7.1f %6.1f %5.0f%% %4.0f%% | %7.1f %5.2fx | %7.1f %5.2fx | %8.1f %7.1f %8.1f "
+               "%5.2fx\n",
+               shp, w->bits, w->mb, w->bpw, w->t_q * 1e6, w->gbs, 100.0 * w->gbs / bw, 100.0 * w->best_gbs / bw,
+               w->t_f32 * 1e6,
+               w->t_f32 / w->t_q, w->t_bf16 * 1e6, w->t_bf16 / w->t_q, w->t_q16 * 1e6, w->t_q16 * 1e6 / 16,
+               w->t_sg * 1e6, w->t_sg / w->t_q16);
+    }
+    {
+        double la[3] = {0, 0, 0};
+        FILE *f = fopen("/proc/loadavg", "r");
+        if (f) {
+            if (fscanf(f, "%lf %lf %lf", &la[0], &la[1], &la[2]) != 3) la[0] = -1;
+            fclose(f);
+        }
+        printf("\nload average at the end (other processes share these cores): %.2f %.2f %.2f\n", la[0], la[1], la[2]);
+    }
+    printf("q us: median time of one packed matrix-vector product; GB/s: (packed bytes + x) / time; best: %%copy\n"
+           "of the fastest call;"
+           " f32/bf16 us: dense gemv of the same shape; q16: 16 tokens in one call; sgemm16: OpenBLAS sgemm,\n"
            "16 tokens, float32 weights.\n");
     spqr_kernel_scratch_release();
     return 0;

@@ -5,6 +5,8 @@
 #
 #   scripts/results.sh [MODEL] [WINDOWS]
 #
+# RESULTS_SET=tau runs the outlier-threshold ablation instead (write it with
+# RESULTS_OUT=docs/RESULTS_TAU.md).
 # WINDOWS (default 0 = all) caps the number of seqlen-512 windows scored per
 # text; the table says when a cap was used. Needs a release build in build/.
 set -euo pipefail
@@ -21,7 +23,20 @@ TEXTS="corpus_valid.txt wikitext2_test.raw ptb_test.txt c4_sample.utf8"
 S=512
 TAU=${TAU:-0.2}
 
+SET=${RESULTS_SET:-main}   # main: the method comparison; tau: outlier-threshold ablation
 # name | method | options
+if [ "$SET" = tau ]; then
+CONFIGS=(
+  "GPTQ w3 b1=b2=16 (bilevel, no outliers)|gptq|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3"
+  "SpQR w3 b1=b2=16 tau=0 (no outliers)|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0"
+  "SpQR w3 b1=b2=16 tau=1.0|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 1.0"
+  "SpQR w3 b1=b2=16 tau=0.45|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.45"
+  "SpQR w3 b1=b2=16 tau=0.1|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.1"
+  "GPTQ w4 b1=b2=16 (bilevel, no outliers)|gptq|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3"
+  "SpQR w4 b1=b2=16 tau=0.1|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.1"
+  "SpQR w4 b1=b2=16 tau=0.45|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.45"
+)
+else
 CONFIGS=(
   "RTN w3 g128|rtn|--bits 3 --group-size 128"
   "GPTQ w3 g128|gptq|--bits 3 --group-size 128"
@@ -36,6 +51,7 @@ CONFIGS=(
   "GPTQ w4 g64|gptq|--bits 4 --group-size 64"
   "SpQR w4 b1=16 b2=16|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
 )
+fi
 
 jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
 
@@ -52,7 +68,7 @@ eval_all() { # model -> "ppl1 | ppl2 | ..."
 }
 
 {
-  echo "# Quantization results"
+  if [ "$SET" = tau ]; then echo "# Ablation: outlier threshold tau and bilevel statistics"; else echo "# Quantization results"; fi
   echo
   echo "Produced by \`scripts/results.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m)); do not edit by hand."
   echo
@@ -63,7 +79,7 @@ eval_all() { # model -> "ppl1 | ppl2 | ..."
   echo
   echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$(eval_all "$MODEL") - |"
+  [ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$(eval_all "$MODEL") - |"
 } > "$WORK/table.md"
 cat "$WORK/table.md" >&2
 

@@ -4,15 +4,17 @@
 
 #include "cli.h"
 #include "eval/eval.h"
+#include "kernels/cuda/gpu_model.h"
 #include "model/model.h"
 #include "util/common.h"
 
 static void help(void) {
     printf("usage: spqr eval MODEL --data FILE [--seqlen S] [--max-windows W] [--tokenizer FILE]\n"
-           "                 [--threads N] [--json]\n"
+           "                 [--threads N] [--gpu] [--json]\n"
            "Perplexity of MODEL on FILE: CRLF->LF, one BOS, non-overlapping windows of S tokens\n"
            "(default 512), every next-token target scored, remainder dropped; nll in nats/token.\n"
            "--max-windows W scores only the first W windows (a partial evaluation).\n"
+           "--gpu runs the forward pass on the CUDA device (falls back to the CPU without one).\n"
            "With --json the last stdout line is a JSON object.\n");
 }
 
@@ -25,7 +27,7 @@ static void progress(void *user, int64_t done, int64_t total) {
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tok = NULL;
     long seqlen = 512, threads = 0, max_windows = 0;
-    bool json = false, verbose = false;
+    bool json = false, verbose = false, gpu = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -33,6 +35,8 @@ int cmd_eval(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "--json")) {
             json = true;
+        } else if (!strcmp(a, "--gpu")) {
+            gpu = true;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             verbose = true;
         } else if (!strcmp(a, "--data") || !strcmp(a, "--seqlen") || !strcmp(a, "--tokenizer") ||
@@ -77,7 +81,20 @@ int cmd_eval(int argc, char **argv) {
     double t0 = spqr_now();
     size_t n_eval = n;
     if (max_windows > 0 && n_eval > (size_t)max_windows * (size_t)seqlen) n_eval = (size_t)max_windows * (size_t)seqlen;
-    if (!st) st = spqr_eval_tokens(m, ids, n_eval, (int)seqlen, &r, progress, &t0);
+    bool done = false;
+    if (!st && gpu) {
+        spqr_gpu_model *g = NULL;
+        spqr_status gs = spqr_gpu_model_new(m, &g);
+        if (!gs) gs = spqr_gpu_eval_nll(g, ids, n_eval, (int)seqlen, &r);
+        spqr_gpu_model_free(g);
+        if (gs == SPQR_ERR_NO_DEVICE) {
+            fprintf(stderr, "spqr: warning: %s; running on the CPU\n", spqr_last_error());
+        } else {
+            st = gs;
+            done = true;
+        }
+    }
+    if (!st && !done) st = spqr_eval_tokens(m, ids, n_eval, (int)seqlen, &r, progress, &t0);
     r.tokens_total = (int64_t)n;
     cli_progress_done();
     free(ids);

@@ -9,14 +9,16 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kernels/cuda/gpu_model.h"
 #include "model/model.h"
 #include "util/common.h"
 
 static void help(void) {
     printf("usage: spqr generate MODEL [--prompt TEXT] [-n N] [--temp T] [--top-p P] [--seed S]\n"
-           "                      [--tokenizer FILE] [--threads N]\n"
+           "                      [--tokenizer FILE] [--threads N] [--gpu]\n"
            "Streams text to stdout. --temp 0 is greedy (argmax). Defaults: -n 256, --temp 1.0,\n"
-           "--top-p 0.9, --seed from the clock. Diagnostics go to stderr.\n");
+           "--top-p 0.9, --seed from the clock. Diagnostics go to stderr.\n"
+           "--gpu decodes on the CUDA device (falls back to the CPU without one).\n");
 }
 
 static uint64_t g_rng;
@@ -89,7 +91,7 @@ int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *tokp = NULL, *prompt = "";
     long steps = 256, seed = -1, threads = 0;
     double temp = 1.0, topp = 0.9;
-    bool verbose = false;
+    bool verbose = false, gpu = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -97,6 +99,8 @@ int cmd_generate(int argc, char **argv) {
             return 0;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             verbose = true;
+        } else if (!strcmp(a, "--gpu")) {
+            gpu = true;
         } else if (!strcmp(a, "--prompt") || !strcmp(a, "-n") || !strcmp(a, "--temp") || !strcmp(a, "--seed") ||
                    !strcmp(a, "--tokenizer") || !strcmp(a, "--top-p") || !strcmp(a, "--threads")) {
             if (i + 1 >= argc) return cli_usage("generate", "%s needs a value", a);
@@ -135,7 +139,20 @@ int cmd_generate(int argc, char **argv) {
     size_t np = 0;
     st = spqr_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &np);
     spqr_session *s = NULL;
-    if (!st) st = spqr_session_new(m, &s);
+    spqr_gpu_model *g = NULL;
+    spqr_gpu_session *gs = NULL;
+    if (!st && gpu) {
+        spqr_status e = spqr_gpu_model_new(m, &g);
+        if (!e) e = spqr_gpu_session_new(g, &gs);
+        if (e == SPQR_ERR_NO_DEVICE) {
+            fprintf(stderr, "spqr: warning: %s; running on the CPU\n", spqr_last_error());
+            spqr_gpu_model_free(g);
+            g = NULL;
+        } else {
+            st = e;
+        }
+    }
+    if (!st && !gs) st = spqr_session_new(m, &s);
     int V = m->cfg.vocab_size;
     float *probs = malloc(sizeof(float) * (size_t)V);
     prob_idx *pi = malloc(sizeof(prob_idx) * (size_t)V);
@@ -146,7 +163,7 @@ int cmd_generate(int argc, char **argv) {
     int32_t token = st ? 0 : ids[0];
     for (long pos = 0; !st && pos < steps; pos++) {
         const float *logits;
-        st = spqr_session_step(s, token, &logits);
+        st = gs ? spqr_gpu_session_step(gs, token, &logits) : spqr_session_step(s, token, &logits);
         if (st) break;
         int32_t next;
         if ((size_t)pos + 1 < np) next = ids[pos + 1];
@@ -165,6 +182,8 @@ int cmd_generate(int argc, char **argv) {
     free(probs);
     free(pi);
     spqr_session_free(s);
+    spqr_gpu_session_free(gs);
+    spqr_gpu_model_free(g);
     spqr_model_free(m);
     if (st) return cli_fail(st);
     double el = spqr_now() - (t1 > 0 ? t1 : t0);

@@ -61,9 +61,11 @@
  * is what spqr_pack allocates); writers should start each section on a
  * 64-byte boundary.
  *
- * Size: for beta1 = beta2 = 16, B = 4, sbits = zbits = 3, 512 x 512 with 1%
- * outliers this is 164084 bytes vs 162030 by the paper's formula (+1.3%: the
- * permutation and the per-row outlier counts, which the formula omits).
+ * Size: for beta1 = beta2 = 16, B = 4, sbits = zbits = 3, 512 x 512 with
+ * 2621 outliers (1%) this is 164084 bytes vs 162036 by the paper's formula
+ * (+1.3%: the permutation and the per-row outlier counts, which the formula
+ * omits; +1.6% at B = 3, +0.2% for 4096 x 4096). There is no padding except
+ * the last word of each row stream and the rows of a partial last tile.
  * Compared with the bit-plane layout (one uint16 plane word per bit, column
  * and tile) the size is the same, but decoding one column costs a shift and a
  * permute instead of B masked adds, and 3-bit codes need no special case.
@@ -108,6 +110,7 @@ typedef struct spqr_packed {
 
     /* rebuilt at load: outliers of row r are [ol_row_ptr[r], ol_row_ptr[r+1]) */
     int64_t *ol_row_ptr;        /* [rows + 1], owned */
+    int64_t max_tile_outliers;  /* most outliers in one 16-row tile (kernel scratch) */
 
     void *owned[SPQR_PACKED_MAX_SECTIONS]; /* buffers freed by spqr_packed_free */
 } spqr_packed;

@@ -107,7 +107,9 @@ size_t spqr_qg_scratch_bytes(const spqr_packed *W) {
     size_t sbuf = (size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float);
     size_t state = (size_t)SPQR_QG_TB * 32 * sizeof(float);
     size_t s2f = W->beta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0; /* float copy of a row block's stats2 */
-    return round64(cbuf) + round64(sbuf) + round64(state) + round64(s2f);
+    size_t tstats = (size_t)W->ngroups * 32 * sizeof(float); /* a tile's scale and zero per group */
+    size_t olbuf = (size_t)W->max_tile_outliers * sizeof(float); /* a tile's outlier products */
+    return round64(cbuf) + round64(sbuf) + round64(state) + round64(s2f) + round64(tstats) + round64(olbuf);
 }
 
 /* ---- packed product -------------------------------------------------------- */

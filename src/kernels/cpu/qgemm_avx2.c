@@ -1,6 +1,7 @@
 /* qgemm_avx2.c - AVX2/FMA/F16C tile kernel for packed SpQR layers and dense
- * matrix-vector products. Same algorithm as qgemm_avx512.c (see there), with
- * each 16-row tile split into two 8-lane halves. */
+ * matrix-vector products. Same algorithm as qgemm_avx512.c (see there), each
+ * 16-row tile split into two 8-lane halves, codes converted by and + convert;
+ * the fused path is used for single tokens only (16 ymm registers). */
 #include <immintrin.h>
 
 #include "kernels_internal.h"
@@ -268,7 +269,7 @@ AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
     for (int64_t m = 0; m < nblk; m++) {
         const uint32_t *wp = tw + m * B * 16;
 #pragma GCC unroll 8
-        for (int i = 0; i < B; i++) _mm_prefetch((const char *)(wp + (8 * B + i) * 16), _MM_HINT_T0);
+        for (int i = 0; i < B; i++) _mm_prefetch((const char *)(wp + (32 * B + i) * 16), _MM_HINT_T1);
         __m256i w[9][2];
 #pragma GCC unroll 9
         for (int i = 0; i < 9; i++) {
@@ -319,14 +320,13 @@ AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
 
 #define FUSED_GL(B)                                                                                                 \
     switch (W->beta1) {                                                                                             \
-    case 8: nt1_fused(c, nblk, B, 8); break;                                                                        \
     case 16: nt1_fused(c, nblk, B, 16); break;                                                                      \
     case 32: nt1_fused(c, nblk, B, 32); break;                                                                      \
     default: nt1_fused(c, nblk, B, 0); break;                                                                       \
     }
 
 static bool fused_ok(const spqr_packed *W) {
-    return (W->beta2 == 0 || W->beta2 % 16 == 0) && (W->beta1 == 8 || W->beta1 == 16 || W->beta1 % 32 == 0);
+    return (W->beta2 == 0 || W->beta2 % 16 == 0) && (W->beta1 == 16 || W->beta1 % 32 == 0);
 }
 
 static void run_fused(const kctx *c, int64_t nblk) {

@@ -55,9 +55,14 @@
  * index rb*ngroups_pad + G: .x = s2_scale | s2_zero << 16,
  * .y = z2_scale | z2_zero << 16 (fp16 bits, as in qlayer.h).
  *
- * Outliers: CSR by row. ol_ptr[rows+1] (u32, same values as row_ptr), then
- * per outlier the ORIGINAL input column (perm[ol_col]) and the fp16 value:
- * one u32 (col | val << 16) when cols <= 65536, else two u32 (col, val).
+ * Outliers: bucketed per (tile, chunk). ol_off[ntiles*nchunks + 1] (u32) are
+ * prefix offsets: the bucket of (tile, chunk) is entries ol_off[i] ..
+ * ol_off[i+1]-1 with i = tile*nchunks + chunk. An entry is one u32:
+ *   bits 0..7 permuted column within the chunk, bits 8..11 row within the
+ *   tile, bits 16..31 the fp16 value;
+ * inside a bucket entries are sorted by row, then column. (32 bits per
+ * outlier plus 32 bits per 16x256 block.) Kernels add them from the X chunk
+ * they already hold in shared memory.
  *
  * Permutation: perm[cols] (int32), as in qlayer.h.
  *
@@ -67,22 +72,32 @@
  * ---------------------------------------------------------------------------
  * Kernels
  * ---------------------------------------------------------------------------
- * A small "prep" kernel gathers X into permuted order, splits every value
- * into two fp16 terms x = hi + lo (hi = fp16(x), lo = fp16(x - hi); together
- * about 22 significant bits) laid out as mma B fragments, and computes per
- * group sums of x in fp32. The main kernel (launched with programmatic
- * dependent launch on sm_90, so its weight loads overlap the prep) streams
- * the codes with 16-byte loads, decodes them to exact fp16 integers, and runs
- * mma.m16n8k16 (fp16 x fp16 -> fp32) per group; per (row, group) it applies
- *     y += scale * (sum_c code_c * x_c - zero * sum_c x_c)
- * with the statistics decoded in-kernel from the bit-packed pairs above;
- * outliers are added per row by the warp owning the row. Batch 1 uses a
- * kernel whose mma columns are (4 groups x {hi, lo}), so every lane's
- * accumulators are useful; batches 2..32 put tokens in the columns (hi and
- * lo as two mma into one accumulator); larger batches loop over passes of 32.
- * Split-K over column ranges is reduced deterministically (the last block to
- * finish a row block sums the partial results in split order).
- * beta1 % 8 != 0 falls back to a simple CUDA-core kernel (same layout).
+ * A small "prep" kernel gathers X into permuted order and lays it out as mma
+ * B fragments (fp16); the main kernel is launched with programmatic
+ * dependent launch on sm_90 so that its weight loads overlap the prep. The
+ * main kernels stream chunks of 256 columns through a 2-3 stage cp.async
+ * pipeline in shared memory (codes, packed statistics, second-level
+ * statistics, outlier bucket, X chunk), decode the statistics of each
+ * window of 4 groups once per (row, group), decode codes to exact fp16
+ * integers (LOP3 + HSUB2/HFMA2) and use mma.m16n8k16 (fp16 in, fp32 acc).
+ *  - GEMV (one token, used for n_tok == 1): x is split into two fp16 terms
+ *    x = hi + lo (hi = fp16(x), lo = fp16(x - hi), ~22 significant bits);
+ *    the mma columns are (4 groups of a window) x {hi, lo}, so every lane's
+ *    accumulators are useful; per (row, group) it applies
+ *        y += scale * (sum_c code_c * x_c - zero * sum_c x_c)
+ *    in fp32. Accuracy ~1e-6 relative to fp32 (tests: 2e-5).
+ *  - GEMM (tokens in the mma columns, 8/16/32 per pass, used for n_tok > 1):
+ *    w = fp16(scale) * code + fp16(-scale*zero) is formed in registers (one
+ *    HFMA2 per two weights) and multiplied with fp16 X: fp16 weights and
+ *    activations with fp32 accumulation, like a cuBLAS fp16 GEMM
+ *    (~1e-3 relative). Use SPQR_CUDA_KERNEL_GEMV to get GEMV accuracy for
+ *    any batch (one pass per token).
+ * Outliers are added per (tile, chunk) from the staged X chunk. Split-K over
+ * column ranges is reduced deterministically (the last block to finish a row
+ * block sums the partial results in split order; batch-1 outlier sums use
+ * shared-memory atomics, whose order inside one instruction is up to the
+ * hardware). beta1 % 8 != 0 falls back
+ * to a simple CUDA-core reference kernel that reads the same layout.
  * Inputs must be finite with |x| < 65504 (fp16 range of the hi term).
  */
 #ifndef SPQR_CUDA_H

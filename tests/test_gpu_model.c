@@ -1,0 +1,168 @@
+/* test_gpu_model.c - the GPU runtime (kernels/cuda/gpu_model.h) against the
+ * CPU reference forward on stories260K, dense (llama2.c checkpoint) and
+ * SpQR-compressed (a .spqr written in the test): prefill logits, KV-cached
+ * decode logits, evaluation nll. Skips (and passes) without a CUDA device or
+ * in CPU-only builds. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#include "eval/eval.h"
+#include "kernels/cuda/gpu_model.h"
+#include "model/model.h"
+#include "quant/pipeline.h"
+#include "util/common.h"
+
+#define MODEL "models/stories260K/stories260K.bin"
+#define TOK "models/stories260K/tok512.bin"
+#define TEXT "data/eval/tinystories_valid.txt"
+
+static int g_no_device;
+
+static spqr_model *load_stories(void) {
+    char model[4200];
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(model, tu_shared(TOK), &m), SPQR_OK);
+    return m;
+}
+
+/* Upload m; NULL (with a SKIP line) when there is no usable device. */
+static spqr_gpu_model *gpu_or_skip(spqr_model *m) {
+    spqr_gpu_model *g = NULL;
+    spqr_status st = spqr_gpu_model_new(m, &g);
+    if (st == SPQR_ERR_NO_DEVICE) {
+        printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
+        g_no_device = 1;
+        return NULL;
+    }
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    return g;
+}
+
+/* GPU vs CPU: prefill logits of 2 sequences, decode logits, eval nll. */
+static void compare(spqr_model *m, spqr_gpu_model *g, const char *label) {
+    const spqr_config *c = spqr_model_config(m);
+    int V = c->vocab_size, T = 41, nseq = 2;
+    int32_t tok[2 * 41];
+    tu_seed(7);
+    for (int i = 0; i < nseq * T; i++) tok[i] = i % T == 0 ? 1 : (int32_t)(tu_rand_u64() % (uint64_t)V);
+    float *cpu = malloc(sizeof(float) * (size_t)nseq * T * V);
+    float *gpu = malloc(sizeof(float) * (size_t)nseq * T * V);
+    assert_non_null(cpu);
+    assert_non_null(gpu);
+    for (int s = 0; s < nseq; s++)
+        assert_int_equal(spqr_forward(m, tok + s * T, T, cpu + (size_t)s * T * V), SPQR_OK);
+    spqr_status st = spqr_gpu_forward(g, tok, nseq, T, gpu);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    double maxd = 0, scale = 0;
+    for (size_t i = 0; i < (size_t)nseq * T * V; i++) {
+        maxd = fmax(maxd, fabs((double)gpu[i] - cpu[i]));
+        scale = fmax(scale, fabs((double)cpu[i]));
+    }
+    printf("  %s: prefill max |gpu - cpu| logit %.3g (max |logit| %.3g)\n", label, maxd, scale);
+    assert_true(maxd <= 1e-3 * fmax(scale, 1.0));
+
+    /* KV-cached decoding reproduces the CPU prefill logits of sequence 0 */
+    spqr_gpu_session *ss = NULL;
+    assert_int_equal(spqr_gpu_session_new(g, &ss), SPQR_OK);
+    double maxs = 0;
+    for (int t = 0; t < T; t++) {
+        const float *lg = NULL;
+        st = spqr_gpu_session_step(ss, tok[t], &lg);
+        if (st) fprintf(stderr, "%s\n", spqr_last_error());
+        assert_int_equal(st, SPQR_OK);
+        for (int i = 0; i < V; i++) maxs = fmax(maxs, fabs((double)lg[i] - cpu[(size_t)t * V + i]));
+    }
+    assert_int_equal(spqr_gpu_session_pos(ss), T);
+    printf("  %s: decode max |gpu - cpu| logit %.3g\n", label, maxs);
+    assert_true(maxs <= 1e-3 * fmax(scale, 1.0));
+    spqr_gpu_session_free(ss);
+    free(cpu);
+    free(gpu);
+
+    /* evaluation nll on a slice of TinyStories */
+    char *text = NULL;
+    size_t n = 0;
+    assert_int_equal(spqr_read_file(tu_shared(TEXT), &text, &n), SPQR_OK);
+    size_t len = n < 20000 ? n : 20000;
+    int32_t *ids = NULL;
+    size_t nid = 0;
+    assert_int_equal(spqr_eval_tokenize(m, text, len, &ids, &nid), SPQR_OK);
+    int S = 128;
+    spqr_ppl_result rc, rg;
+    memset(&rc, 0, sizeof rc);
+    memset(&rg, 0, sizeof rg);
+    assert_int_equal(spqr_eval_tokens(m, ids, nid, S, &rc, NULL, NULL), SPQR_OK);
+    st = spqr_gpu_eval_nll(g, ids, nid, S, &rg);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    printf("  %s: nll cpu %.6f gpu %.6f (%lld windows, %lld tokens scored; cpu %.3f s, gpu %.3f s)\n", label, rc.nll,
+           rg.nll, (long long)rg.windows, (long long)rg.tokens_scored, rc.seconds, rg.seconds);
+    assert_int_equal(rg.windows, rc.windows);
+    assert_int_equal(rg.tokens_scored, rc.tokens_scored);
+    assert_true(fabs(rg.nll - rc.nll) / rc.nll <= 1e-3);
+    free(ids);
+    free(text);
+}
+
+static void test_dense(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    spqr_model *m = load_stories();
+    spqr_gpu_model *g = gpu_or_skip(m);
+    if (g) {
+        printf("  dense: %zu device bytes\n", spqr_gpu_model_bytes(g));
+        compare(m, g, "dense");
+        /* bad token ids are refused */
+        int32_t bad[2] = {1, spqr_model_config(m)->vocab_size};
+        assert_int_equal(spqr_gpu_forward(g, bad, 1, 2, NULL), SPQR_ERR_INVALID_ARG);
+    }
+    spqr_gpu_model_free(g);
+    spqr_model_free(m);
+}
+
+static void test_packed(void **s) {
+    (void)s;
+    if (g_no_device || !tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    char out[4200], calib[4200];
+    snprintf(out, sizeof out, "%s/stories.spqr", tu_tmpdir());
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    spqr_model *m = load_stories();
+    spqr_quant_opts o;
+    spqr_quant_opts_default(&o);
+    o.calib_path = calib;
+    o.nsamples = 8;
+    o.seqlen = 128;
+    o.out_path = out;
+    spqr_quant_summary sum;
+    spqr_status st = spqr_quantize_model(m, &o, &sum);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    spqr_model_free(m);
+    spqr_model *q = NULL;
+    assert_int_equal(spqr_model_load(out, NULL, &q), SPQR_OK);
+    assert_int_equal(q->blocks[0].lin[SPQR_LIN_Q].kind, SPQR_LIN_PACKED);
+    spqr_gpu_model *g = gpu_or_skip(q);
+    if (g) {
+        printf("  packed: %zu device bytes\n", spqr_gpu_model_bytes(g));
+        compare(q, g, "packed");
+    }
+    spqr_gpu_model_free(g);
+    spqr_model_free(q);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dense),
+        cmocka_unit_test(test_packed),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    tu_cleanup();
+    return rc;
+}
