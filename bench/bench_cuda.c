@@ -4,9 +4,10 @@
  *
  * For each shape (LLaMA-7B and 70B linear layers) and wbits 3 and 4
  * (beta1 = beta2 = 16, sbits = zbits = 3, 1% outliers):
- *  1. correctness: the fast kernels against the CUDA-core reference kernel
- *     (batch 1 and 16) and, for 64 sampled rows, against a CPU dequantization
- *     in double precision;
+ *  1. correctness: the tensor-core kernel against the CUDA-core reference
+ *     kernel (batch 1 and 16) and, for 64 sampled rows, against a CPU
+ *     dequantization in double precision (relative L2 <= 2e-3: fp16 weights
+ *     and inputs, fp32 accumulation);
  *  2. timing with CUDA events: warm-up, then the median of --reps samples,
  *     each sample running the op once on each of several copies of the
  *     weights (rotated so that the 50 MB L2 cannot hold them);
@@ -324,7 +325,7 @@ int main(int argc, char **argv) {
             for (int k = 1; k < nc; k++) CHECK(spqr_cuda_qlinear_clone(W0, &W[k]));
             const double bpw = 8.0 * info.bytes_total / ((double)R * C);
 
-            /* correctness: batch 1 (GEMV, ~fp32) and batch 16 (GEMM, fp16 weights/activations) */
+            /* correctness: batch 1 and 16 (fp16 weights and activations, fp32 sums) */
             double worst = 0, worst16 = 0;
             const int cb[2] = {1, 16};
             for (int i = 0; i < 2; i++) {
@@ -350,10 +351,10 @@ int main(int argc, char **argv) {
                 r2 += ref * ref;
             }
             const double ecpu = sqrt(e2 / r2);
-            const int ok = worst < 2e-5 && ecpu < 2e-5 && worst16 < 1e-2;
+            const int ok = worst < 2e-3 && ecpu < 2e-3 && worst16 < 2e-3;
             if (!ok) fails++;
             printf("\n%dx%d %d-bit: %.3f bits/weight (%.1f MB, %lld outliers), %d copies; "
-                   "check vs reference kernel rel L2: batch 1 %.2e (tol 2e-5), batch 16 %.2e (fp16, tol 1e-2); "
+                   "check vs reference kernel rel L2 (fp16 weights and inputs, tol 2e-3): batch 1 %.2e, batch 16 %.2e; "
                    "batch 1 vs CPU (64 rows) %.2e: %s\n",
                    R, C, bits, bpw, info.bytes_total / 1e6, (long long)info.n_outliers, nc, worst, worst16, ecpu,
                    ok ? "ok" : "FAILED");

@@ -11,94 +11,71 @@
  * ---------------------------------------------------------------------------
  * GPU layout (what spqr_cuda_qlinear_upload builds from an spqr_qlayer)
  * ---------------------------------------------------------------------------
- * Notation: rows_pad = rows rounded up to 16 ("tiles" of 16 rows),
- * cols_pad = cols rounded up to 256 ("chunks" of 16 k-tiles of 16 permuted
- * columns), ngroups_pad = ceil(cols_pad / beta1) rounded up to 32 ("stat
- * blocks" of 32 groups). Padding codes/stats are 0. Everything stays in the
- * permuted column order of qlayer.h; the permutation is applied to X.
+ * Rows are padded to 16 ("tiles"), permuted columns to 256 ("quads" of four
+ * 64-column "windows"); padding codes are 0 and padded inputs are 0. A warp
+ * computes one tile over a range of quads with mma.m16n8k16 (fp16 in, fp32
+ * accumulation). The k dimension of one mma is NOT 16 consecutive columns:
+ * lane L = 4g + t (g = L/4, t = L%4) owns column quarter t of every window
+ * (columns 16t..16t+15) for rows g and g+8, and k-tile kt (0..3) of a window
+ * takes columns 16t + 4kt + {0,1,2,3} of each quarter (the mma's k = 2t,
+ * 2t+1, 2t+8, 2t+9). So a lane's weights of a window share one first-level
+ * group per row when beta1 is a multiple of 16 (two groups when beta1 = 8),
+ * and each lane decodes only its own statistics. The B operand (inputs) uses
+ * the same k order, which is just 4 consecutive permuted columns per lane.
  *
- * Lanes. The codes of one tile x k-tile (16 rows x 16 columns) are split over
- * the 32 lanes of a warp exactly as the A operand of the tensor-core
- * instruction mma.m16n8k16 wants them: lane L = 4*g + t (g = L/4, t = L%4)
- * holds 4 pairs ("registers" ri = 0..3, element e = 0..1):
- *     ri=0: (row g,   col 2t+e)      ri=1: (row g+8, col 2t+e)
- *     ri=2: (row g,   col 2t+8+e)    ri=3: (row g+8, col 2t+8+e)
+ * "fast" layout (beta1 = 8 or a multiple of 16):
+ *  - codes: per (tile, quad, lane) B 16-byte words (B = wbits for 2..4, 8 for
+ *    5..8), stored as uint4 [tile][quad][u][lane] so a warp load is 512
+ *    contiguous bytes. Window wi owns words wi*B .. wi*B+B-1 of the lane.
+ *    Its 32 codes form 16 pairs p = 4kt + r (r = register of the A fragment:
+ *    row g + 8*(r&1), columns 2*(r>>1) + {0,1} of the k-tile's four); the
+ *    second code of a pair is always 16 bits above the first, so one LOP3
+ *    with 0x6400 turns a pair into half2(1024 + c) and one exact HSUB2/HFMA2
+ *    into the integers. B=4: word kt, r = 0/2/1/3 at bits 0/4/8/12.
+ *    B=2: word p/8, bit 2(p%8). B=3: word p/5, bit 3(p%5) for p < 15, and
+ *    pair 15 spread over bits 15/31 of the three words (bit b in word b).
+ *    B=8: word p/2, byte p%2 (second code two bytes up). code_loc() in
+ *    spqr_cuda.cu is the one definition.
+ *  - first-level statistics, mode BIL4 (bilevel, sbits and zbits <= 4,
+ *    beta2 a multiple of 16): per (tile, quad, lane) 2 words (4 with
+ *    beta1 = 8): 4-bit scale codes in the low half, zero codes 16 bits
+ *    higher, rows g / g+8 at +0 / +4, windows (or the two groups when
+ *    beta1 = 8) at +0 / +8. Second level: uint2 [row block][group] = {s2_zero
+ *    | z2_zero << 16, s2_scale | -z2_scale << 16} (fp16 bits).
+ *    Mode F16 (beta2 = 0, or other bilevel settings): per (row, group) a
+ *    half2 (scale, -zero) (fp16; for bilevel layers these are the exact
+ *    float statistics rounded to fp16), 8 words per (tile, quad, lane)
+ *    (16 with beta1 = 8).
+ *  - outliers: buckets per (tile, quad), u32 prefix offsets
+ *    [ntiles*nquads + 1]; entry = column-in-quad (8 bits) | row-in-tile << 8
+ *    | fp16 value << 16 (32 bits per outlier).
+ *  - perm[cols] (int32), as in qlayer.h.
+ *  Storage per weight for wbits = 3/4, beta1 = beta2 = 16, sbits = zbits = 3
+ *  with 1% outliers: wbits + 0.5 + 0.25 + 0.32 bits (4-bit stat fields).
  *
- * Codes. Container width B = wbits for wbits in {2,3,4}, B = 8 for 5..8
- * (one code per byte). For each (tile, chunk) lane L owns B 16-byte words,
- * stored at uint4 index ((tile*nchunks + chunk)*B + u)*32 + L (u = 0..B-1),
- * so one warp load of a u is 512 contiguous bytes. Inside the lane's 4*B
- * 32-bit words (word w = component w%4 of u = w/4) the code of (k-tile kc of
- * the chunk, ri, e) sits at:
- *   B=4: word kc,            bits 4*ri + 16*e
- *   B=2: word kc/2,          bits 2*s + 16*e,  s = 4*(kc%2) + ri
- *   B=3: k-tiles 4q..4q+3 share words 3q..3q+2; P = 4*(kc%4) + ri:
- *        P < 15: word 3q + P/5, bits 3*(P%5) + 16*e;
- *        P = 15: bit b (b=0..2) of the code is bit 15+16*e of word 3q+b
- *   B=8: word 2*kc + ri/2,   byte 2*(ri%2) + e
- * i.e. every 32-bit word holds pairs of codes 16 bits apart, which the kernel
- * turns into half2 values (1024 + c) with one LOP3 (the exponent of 1024 is
- * OR-ed in) and makes exact small integers with one HSUB2/HFMA2.
- *
- * First-level statistics. The (row, group) pairs of a tile are dealt to lanes
- * like the C operand of the mma: within stat block sb (groups 32*sb ..
- * 32*sb+31), lane L = 4*g + t holds 16 pairs j = 2*w + h (w = 0..7, h = 0..1)
- * for row 16*tile + g + 8*h and group 32*sb + 4*w + t. A pair is
- * pb = sbits + zbits bits (bilevel: scale code in the low sbits bits, zero
- * code above it) or pb = 32 bits (beta2 == 0: fp16 scale in the low half,
- * fp16 zero in the high half). The 16 pairs are one little-endian bit stream
- * of 16*pb bits (pair j at bit j*pb) held in wpl = ceil(16*pb/32) 32-bit
- * words, word i stored at u32 index ((tile*nsb + sb)*wpl + i)*32 + L.
- * For sbits = zbits = 3 that is 6 bits per (row, group): no padding.
- *
- * Second-level statistics (beta2 > 0): uint2 per (row block rb, group G) at
- * index rb*ngroups_pad + G: .x = s2_scale | s2_zero << 16,
- * .y = z2_scale | z2_zero << 16 (fp16 bits, as in qlayer.h).
- *
- * Outliers: bucketed per (tile, chunk). ol_off[ntiles*nchunks + 1] (u32) are
- * prefix offsets: the bucket of (tile, chunk) is entries ol_off[i] ..
- * ol_off[i+1]-1 with i = tile*nchunks + chunk. An entry is one u32:
- *   bits 0..7 permuted column within the chunk, bits 8..11 row within the
- *   tile, bits 16..31 the fp16 value;
- * inside a bucket entries are sorted by row, then column. (32 bits per
- * outlier plus 32 bits per 16x256 block.) Kernels add them from the X chunk
- * they already hold in shared memory.
- *
- * Permutation: perm[cols] (int32), as in qlayer.h.
- *
- * Storage per weight for wbits=3/4, beta1=beta2=16, sbits=zbits=3, 1%
- * outliers: wbits + 6/16 + 64/256 + 0.32 bits (+ padding of rows/cols).
+ * "generic" layout (any other beta1): codes one byte each [rows][cols],
+ * float (scale, zero) per (row, group), outliers as CSR with float values;
+ * only the reference kernel runs on it.
  *
  * ---------------------------------------------------------------------------
  * Kernels
  * ---------------------------------------------------------------------------
- * A small "prep" kernel gathers X into permuted order and lays it out as mma
- * B fragments (fp16); the main kernel is launched with programmatic
- * dependent launch on sm_90 so that its weight loads overlap the prep. The
- * main kernels stream chunks of 256 columns through a 2-3 stage cp.async
- * pipeline in shared memory (codes, packed statistics, second-level
- * statistics, outlier bucket, X chunk), decode the statistics of each
- * window of 4 groups once per (row, group), decode codes to exact fp16
- * integers (LOP3 + HSUB2/HFMA2) and use mma.m16n8k16 (fp16 in, fp32 acc).
- *  - GEMV (one token, used for n_tok == 1): x is split into two fp16 terms
- *    x = hi + lo (hi = fp16(x), lo = fp16(x - hi), ~22 significant bits);
- *    the mma columns are (4 groups of a window) x {hi, lo}, so every lane's
- *    accumulators are useful; per (row, group) it applies
- *        y += scale * (sum_c code_c * x_c - zero * sum_c x_c)
- *    in fp32. Accuracy ~1e-6 relative to fp32 (tests: 2e-5).
- *  - GEMM (tokens in the mma columns, 8/16/32 per pass, used for n_tok > 1):
- *    w = fp16(scale) * code + fp16(-scale*zero) is formed in registers (one
- *    HFMA2 per two weights) and multiplied with fp16 X: fp16 weights and
- *    activations with fp32 accumulation, like a cuBLAS fp16 GEMM
- *    (~1e-3 relative). Use SPQR_CUDA_KERNEL_GEMV to get GEMV accuracy for
- *    any batch (one pass per token).
- * Outliers are added per (tile, chunk) from the staged X chunk. Split-K over
- * column ranges is reduced deterministically (the last block to finish a row
- * block sums the partial results in split order; batch-1 outlier sums use
- * shared-memory atomics, whose order inside one instruction is up to the
- * hardware). beta1 % 8 != 0 falls back
- * to a simple CUDA-core reference kernel that reads the same layout.
- * Inputs must be finite with |x| < 65504 (fp16 range of the hi term).
+ * k_prep gathers X in permuted order as fp16 ([8*NT][cols_pad], zero
+ * padded); the main kernel is launched with programmatic dependent launch on
+ * sm_90 so its first weight loads overlap the prep. The main kernel
+ * (templated on B, statistics mode, beta1 = 8, and NT = 1/2/4/8 n-tiles of 8
+ * tokens) streams the weights of two quads ahead in registers, decodes the
+ * statistics of a window once per (lane, row, group) into half2 (s, s) and
+ * (-s*z, -s*z), turns codes into exact fp16 integers, dequantizes with one
+ * HFMA2 per two weights (w = c*s - s*z, rounded to fp16) and multiplies
+ * with mma.m16n8k16 against fp16 inputs, fp32 accumulation: the numerics of a
+ * cuBLAS fp16 GEMM (about 1e-3 relative). Outliers are added per (tile,
+ * quad) bucket with shared-memory atomics. Split-K over quad ranges is
+ * reduced deterministically (the last block of a row block sums the
+ * partials in split order). Inputs must be finite with |x| < 65504.
+ * The reference kernel (one thread per row and token, float32 weights
+ * exactly as qlayer.h defines them, double accumulation) reads either
+ * layout.
  */
 #ifndef SPQR_CUDA_H
 #define SPQR_CUDA_H
@@ -135,6 +112,10 @@ typedef struct spqr_cuda_qlinear_info {
     size_t bytes_codes, bytes_stats, bytes_stats2, bytes_outliers, bytes_perm;
     size_t bytes_total;       /* device bytes of the layer (what a gemv reads) */
     int64_t n_outliers;
+    int fast;                 /* 1: tensor-core kernels apply (beta1 = 8 or 16k) */
+    int exact_stats;          /* 1: the device holds the statistics exactly;
+                                 0: rounded to fp16 (bilevel layers with sbits
+                                 or zbits > 4, or beta2 not a multiple of 16) */
 } spqr_cuda_qlinear_info;
 void spqr_cuda_qlinear_get_info(const spqr_cuda_qlinear *w,
                                 spqr_cuda_qlinear_info *info);
@@ -147,19 +128,19 @@ spqr_status spqr_cuda_qgemm(const spqr_cuda_qlinear *W, const float *dX,
 
 enum {
     SPQR_CUDA_KERNEL_AUTO = 0,
-    SPQR_CUDA_KERNEL_GEMV = 1, /* batch-1 kernel (one token per pass)        */
-    SPQR_CUDA_KERNEL_GEMM = 2, /* token-tile kernel (up to 32 per pass)      */
+    SPQR_CUDA_KERNEL_GEMV = 1, /* main kernel, one n-tile (<= 8 tokens/pass) */
+    SPQR_CUDA_KERNEL_GEMM = 2, /* main kernel, up to 64 tokens per pass      */
     SPQR_CUDA_KERNEL_REF = 3   /* simple CUDA-core kernel (any beta1), slow  */
 };
 typedef struct spqr_cuda_qgemm_opts {
     int kernel;      /* SPQR_CUDA_KERNEL_*                                  */
     int nsplit;      /* split-K factor; 0 = automatic                      */
-    int max_tokens;  /* GEMM: tokens per pass (8, 16 or 32); 0 = automatic  */
+    int max_tokens;  /* GEMM: tokens per pass (8, 16, 32 or 64); 0 = 64      */
     int no_pdl;      /* 1: launch the main kernel without programmatic
                         dependent launch                                   */
 } spqr_cuda_qgemm_opts;
 /* As spqr_cuda_qgemm with explicit choices (tests, benchmarks). GEMV/GEMM
- * need beta1 % 8 == 0 (else SPQR_ERR_UNSUPPORTED). */
+ * need the fast layout (else SPQR_ERR_UNSUPPORTED). */
 spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const float *dX,
                                int n_tok, float *dY,
                                const spqr_cuda_qgemm_opts *opts);
