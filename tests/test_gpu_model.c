@@ -44,8 +44,12 @@ static spqr_gpu_model *gpu_or_skip(spqr_model *m) {
     return g;
 }
 
-/* GPU vs CPU: prefill logits of 2 sequences, decode logits, eval nll. */
-static void compare(spqr_model *m, spqr_gpu_model *g, const char *label) {
+/* GPU vs CPU: prefill logits of 2 sequences, decode logits, eval nll.
+ * tol: largest logit difference relative to the largest |logit| (dense
+ * linears run in float32 on the GPU; packed ones multiply fp16 weights with
+ * fp16 inputs, fp32 sums, like cuBLAS fp16); the nll must agree within 1e-3
+ * relative in both cases. */
+static void compare(spqr_model *m, spqr_gpu_model *g, const char *label, double tol) {
     const spqr_config *c = spqr_model_config(m);
     int V = c->vocab_size, T = 41, nseq = 2;
     int32_t tok[2 * 41];
@@ -66,7 +70,7 @@ static void compare(spqr_model *m, spqr_gpu_model *g, const char *label) {
         scale = fmax(scale, fabs((double)cpu[i]));
     }
     printf("  %s: prefill max |gpu - cpu| logit %.3g (max |logit| %.3g)\n", label, maxd, scale);
-    assert_true(maxd <= 1e-3 * fmax(scale, 1.0));
+    assert_true(maxd <= tol * fmax(scale, 1.0));
 
     /* KV-cached decoding reproduces the CPU prefill logits of sequence 0 */
     spqr_gpu_session *ss = NULL;
@@ -81,7 +85,7 @@ static void compare(spqr_model *m, spqr_gpu_model *g, const char *label) {
     }
     assert_int_equal(spqr_gpu_session_pos(ss), T);
     printf("  %s: decode max |gpu - cpu| logit %.3g\n", label, maxs);
-    assert_true(maxs <= 1e-3 * fmax(scale, 1.0));
+    assert_true(maxs <= tol * fmax(scale, 1.0));
     spqr_gpu_session_free(ss);
     free(cpu);
     free(gpu);
@@ -118,7 +122,7 @@ static void test_dense(void **s) {
     spqr_gpu_model *g = gpu_or_skip(m);
     if (g) {
         printf("  dense: %zu device bytes\n", spqr_gpu_model_bytes(g));
-        compare(m, g, "dense");
+        compare(m, g, "dense", 1e-3);
         /* bad token ids are refused */
         int32_t bad[2] = {1, spqr_model_config(m)->vocab_size};
         assert_int_equal(spqr_gpu_forward(g, bad, 1, 2, NULL), SPQR_ERR_INVALID_ARG);
@@ -151,7 +155,7 @@ static void test_packed(void **s) {
     spqr_gpu_model *g = gpu_or_skip(q);
     if (g) {
         printf("  packed: %zu device bytes\n", spqr_gpu_model_bytes(g));
-        compare(q, g, "packed");
+        compare(q, g, "packed", 5e-3);
     }
     spqr_gpu_model_free(g);
     spqr_model_free(q);

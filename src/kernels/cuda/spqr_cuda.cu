@@ -59,12 +59,15 @@ struct DevLayer {
 
 struct MainArgs {
     DevLayer L;
-    const __half *xp; /* [8*NT][cols_pad] permuted fp16 inputs of this pass  */
-    int T;            /* tokens of this pass (<= 8*NT)                        */
-    int qper;         /* quads per split                                       */
-    float *Y;         /* [T][rows]                                             */
-    float *ws;        /* split-K partials [nsplit][T][rows_pad]                */
-    unsigned *cnt;    /* split-K arrival counters [gridDim.x]                  */
+    const __half *xp;  /* batch T: [8*NT][cols_pad] permuted fp16 inputs      */
+    const uint4 *xg;   /* batch 1: [nwin + 1][8][16 halves] B planes          */
+    const float2 *ox;  /* batch 1: [nwin][4][NG] (1024 * sum b, sum sigma*b)  */
+    const float *xf;   /* batch 1: [cols_pad] float32 permuted x (outliers)   */
+    int T;             /* tokens of this pass                                  */
+    int qper;          /* quads per split                                      */
+    float *Y;          /* [T][rows]                                            */
+    float *ws;         /* split-K partials [nsplit][T][rows_pad]               */
+    unsigned *cnt;     /* split-K arrival counters [gridDim.x]                 */
 };
 
 struct spqr_cuda_qlinear {
@@ -84,14 +87,55 @@ static inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
  * pairs p = 4*kt + r (k-tile kt = 0..3, register r = 0..3 of the mma A
  * fragment) with elements e = 0..1 (low / high half of the half2). Pair
  * (p, e) is the code of row g + 8*(r & 1), window column
- * 16*t + 4*kt + 2*(r >> 1) + e. The B container words of the window hold the
- * pairs with element 1 always 16 bits above element 0:
- *   B=4: word kt; r=0 at bit 0, r=2 at 4, r=1 at 8, r=3 at 12
- *   B=2: word p/8, slot p%8 at bit 2*(p%8)
- *   B=3: word p/5, slot p%5 at bit 3*(p%5) (p < 15); p = 15 is spread: bit b
- *        of each of its codes is bit 15 (+16) of word b
- *   B=8: word p/2, byte p%2 (element 1 two bytes higher)
+ * 16*t + 4*kt + 2*(r >> 1) + e. Registers r = 0, 1 multiply the B register
+ * b0 and r = 2, 3 multiply b1, so the "duo" (kt, h) = pairs 4kt + 2h and
+ * 4kt + 2h + 1 shares one input pair. The B container words of a window
+ * hold every pair with element 1 exactly 16 bits above element 0; one LOP3
+ * with 0x6400 then yields half2(1024 + sigma * c) where sigma is the field's
+ * bit scale, and both pairs of a duo have the same sigma (duo_scale):
+ *   B=4: word kt; r = 0/2/1/3 at bits 0/4/8/12 (sigma 1 for h = 0, 16 for
+ *        h = 1; r = 1, 3 are read after a shift by 8)
+ *   B=3: three words of five 3-bit slots (bits 0, 3, 6, 9, 12; read at
+ *        sigma 1, 8, 1 (>> 6), 1 (>> 9), 8 (>> 9)) and one pair spread over
+ *        bits 15/31 of the three words (bit b of each code in word b); the
+ *        slot of each pair is in k_b3_loc
+ *   B=2: two words of eight 2-bit slots (bit 2s; read at sigma 1, 4, 16 for
+ *        s = 0..2, 1, 4 (>> 6) for s = 3, 4, and 1, 4, 16 (>> 10) for
+ *        s = 5..7); the slot of each pair is in k_b2_loc
+ *   B=8: word p/2, byte p%2 (element 1 two bytes higher), sigma 1
  * code_loc returns the word (0..B-1; -1 for the spread pair) and bit. */
+#define B3_SPREAD 15
+/* B=3: word * 8 + slot of pair p (slot 15 = spread) */
+__host__ __device__ static inline int b3_loc(int p) {
+    const int t[16] = {0 * 8 + 0, 0 * 8 + 2, 0 * 8 + 1, 0 * 8 + 4, 0 * 8 + 3, 1 * 8 + 0, 1 * 8 + 1, 1 * 8 + 4,
+                       1 * 8 + 2, 1 * 8 + 3, 2 * 8 + 1, 2 * 8 + 4, 2 * 8 + 0, 2 * 8 + 2, 2 * 8 + 3, B3_SPREAD};
+    return t[p];
+}
+/* B=2: word * 8 + slot of pair p */
+__host__ __device__ static inline int b2_loc(int p) {
+    const int t[16] = {0 * 8 + 0, 0 * 8 + 3, 0 * 8 + 6, 1 * 8 + 1, 0 * 8 + 5, 1 * 8 + 0, 1 * 8 + 4, 1 * 8 + 6,
+                       1 * 8 + 3, 1 * 8 + 5, 0 * 8 + 2, 0 * 8 + 7, 0 * 8 + 1, 0 * 8 + 4, 1 * 8 + 2, 1 * 8 + 7};
+    return t[p];
+}
+/* bit scale (log2 sigma) at which a slot is read */
+__host__ __device__ static inline int b3_slot_k(int slot) { return (slot == 1 || slot == 4) ? 3 : 0; }
+__host__ __device__ static inline int b2_slot_k(int slot) {
+    const int k[8] = {0, 2, 4, 0, 2, 0, 2, 4};
+    return k[slot];
+}
+/* log2 of the bit scale sigma of duo (kt, h) */
+__host__ __device__ static inline int duo_k(int B, int kt, int h) {
+    const int p = 4 * kt + 2 * h;
+    switch (B) {
+    case 4: return h ? 4 : 0;
+    case 3: {
+        const int l = b3_loc(p);
+        return l == B3_SPREAD ? 0 : b3_slot_k(l & 7);
+    }
+    case 2: return b2_slot_k(b2_loc(p) & 7);
+    default: return 0;
+    }
+}
 __host__ __device__ static inline void code_loc(int B, int p, int e, int *word, int *bit) {
     switch (B) {
     case 4: {
@@ -100,26 +144,27 @@ __host__ __device__ static inline void code_loc(int B, int p, int e, int *word, 
         *bit = 4 * (((r & 1) << 1) | (r >> 1)) + 16 * e;
         break;
     }
-    case 2:
-        *word = p >> 3;
-        *bit = 2 * (p & 7) + 16 * e;
+    case 2: {
+        const int l = b2_loc(p);
+        *word = l >> 3;
+        *bit = 2 * (l & 7) + 16 * e;
         break;
+    }
     case 3: {
-        if (p == 15) {
+        const int l = b3_loc(p);
+        if (l == B3_SPREAD) {
             *word = -1;
             *bit = 15 + 16 * e;
         } else {
-            const int s = p % 5;
-            *word = p / 5;
-            *bit = 3 * s + 16 * e;
+            *word = l >> 3;
+            *bit = 3 * (l & 7) + 16 * e;
         }
         break;
     }
-    default: { /* 8: two pairs per word, bytes (0,2) and (1,3) */
+    default: /* 8 */
         *word = p >> 1;
         *bit = 8 * ((p & 1) + 2 * e);
         break;
-    }
     }
 }
 
@@ -234,7 +279,7 @@ __device__ __forceinline__ float h2f(uint32_t bits16) {
     return __half2float(__ushort_as_half((unsigned short)(bits16 & 0xffffu)));
 }
 
-/* ---- code decoding: exact small integers as half2 ----------------------- */
+/* ---- code decoding ------------------------------------------------------ */
 
 /* word j (compile-time after unrolling) of a quad's code registers */
 template <int B>
@@ -242,121 +287,241 @@ __device__ __forceinline__ uint32_t cword(const uint4 (&c)[B], int j) {
     const uint4 &v = c[j >> 2];
     return (j & 3) == 0 ? v.x : (j & 3) == 1 ? v.y : (j & 3) == 2 ? v.z : v.w;
 }
-/* (1024 + c * 2^k) -> c for the bit offset k of a field inside a half's
- * mantissa (k = 0 plain subtraction, else one exact FMA) */
+/* (1024 + c * 2^K) -> c: plain subtraction for K = 0, else one exact FMA */
 template <int K>
 __device__ __forceinline__ uint32_t unbias(uint32_t v) {
     if (K == 0) return hsub2u(v, MAGIC16);
-    /* v * 2^-K - 1024 * 2^-K */
     const uint32_t sc = (uint32_t)(15 - K) << 10, off = 0x8000u | ((uint32_t)(25 - K) << 10);
     return hfma2u(v, sc | (sc << 16), off | (off << 16));
 }
+/* compile-time slot tables as switches (always folded) */
+__device__ __forceinline__ constexpr int d_b3_loc(int p) {
+    return p == 0 ? 0 : p == 1 ? 2 : p == 2 ? 1 : p == 3 ? 4 : p == 4 ? 3 : p == 5 ? 8 : p == 6 ? 9 : p == 7 ? 12
+         : p == 8 ? 10 : p == 9 ? 11 : p == 10 ? 17 : p == 11 ? 20 : p == 12 ? 16 : p == 13 ? 18 : p == 14 ? 19
+         : B3_SPREAD;
+}
+__device__ __forceinline__ constexpr int d_b2_loc(int p) {
+    return p == 0 ? 0 : p == 1 ? 3 : p == 2 ? 6 : p == 3 ? 9 : p == 4 ? 5 : p == 5 ? 8 : p == 6 ? 12 : p == 7 ? 14
+         : p == 8 ? 11 : p == 9 ? 13 : p == 10 ? 2 : p == 11 ? 7 : p == 12 ? 1 : p == 13 ? 4 : p == 14 ? 10 : 15;
+}
 
-/* the 4 A registers (exact codes) of k-tile kt of window wi */
+/* pair p of window wi as half2(1024 + sigma*c) ("raw"); *k = log2(sigma) */
+template <int B>
+__device__ __forceinline__ uint32_t pair_raw(const uint4 (&c)[B], int wi, int p, int *k) {
+    if (B == 4) {
+        const int r = p & 3;
+        const uint32_t q = cword<B>(c, wi * 4 + (p >> 2));
+        *k = (r >> 1) ? 4 : 0;
+        return lop3_and_or((r & 1) ? q >> 8 : q, (r >> 1) ? 0x00f000f0u : 0x000f000fu, MAGIC16);
+    } else if (B == 3) {
+        const int l = d_b3_loc(p);
+        if (l == B3_SPREAD) {
+            uint32_t v = lop3_and_or(cword<B>(c, wi * 3 + 0) >> 15, 0x00010001u, MAGIC16);
+            v = lop3_and_or(cword<B>(c, wi * 3 + 1) >> 14, 0x00020002u, v);
+            *k = 0;
+            return lop3_and_or(cword<B>(c, wi * 3 + 2) >> 13, 0x00040004u, v);
+        }
+        const uint32_t q = cword<B>(c, wi * 3 + (l >> 3));
+        const int s = l & 7;
+        *k = (s == 1 || s == 4) ? 3 : 0;
+        const uint32_t src = s <= 1 ? q : s == 2 ? q >> 6 : q >> 9;
+        return lop3_and_or(src, (s == 1 || s == 4) ? 0x00380038u : 0x00070007u, MAGIC16);
+    } else if (B == 2) {
+        const int l = d_b2_loc(p);
+        const uint32_t q = cword<B>(c, wi * 2 + (l >> 3));
+        const int s = l & 7;
+        const int kk = (s == 0 || s == 3 || s == 5) ? 0 : (s == 1 || s == 4 || s == 6) ? 2 : 4;
+        *k = kk;
+        const uint32_t src = s <= 2 ? q : s <= 4 ? q >> 6 : q >> 10;
+        return lop3_and_or(src, 0x00030003u << kk, MAGIC16);
+    } else {
+        const uint32_t w = cword<B>(c, wi * 8 + p / 2);
+        *k = 0;
+        return prmt(w, 0x64646464u, (p & 1) ? 0x4341u : 0x4240u);
+    }
+}
+template <int K>
+__device__ __forceinline__ uint32_t unbias_k(uint32_t v, int k) {
+    return k == 0 ? unbias<0>(v) : k == 2 ? unbias<2>(v) : k == 3 ? unbias<3>(v) : unbias<4>(v);
+}
+/* the 4 A registers of k-tile kt of window wi: raw (1024 + sigma*c) */
+template <int B>
+__device__ __forceinline__ void decode_raw(const uint4 (&c)[B], int wi, int kt, uint32_t (&a)[4]) {
+    int k;
+#pragma unroll
+    for (int r = 0; r < 4; r++) a[r] = pair_raw<B>(c, wi, 4 * kt + r, &k);
+}
+/* the 4 A registers of k-tile kt of window wi: exact codes */
 template <int B>
 __device__ __forceinline__ void decode_kt(const uint4 (&c)[B], int wi, int kt, uint32_t (&a)[4]) {
-    if (B == 4) {
-        const uint32_t q = cword<B>(c, wi * 4 + kt), q8 = q >> 8;
-        a[0] = unbias<0>(lop3_and_or(q, 0x000f000fu, MAGIC16));
-        a[2] = unbias<4>(lop3_and_or(q, 0x00f000f0u, MAGIC16));
-        a[1] = unbias<0>(lop3_and_or(q8, 0x000f000fu, MAGIC16));
-        a[3] = unbias<4>(lop3_and_or(q8, 0x00f000f0u, MAGIC16));
-    } else if (B == 2) {
-        const uint32_t q = cword<B>(c, wi * 2 + (kt >> 1)), q10 = q >> 10;
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int s = 4 * (kt & 1) + r;
-            if (s == 0) a[r] = unbias<0>(lop3_and_or(q, 0x00030003u, MAGIC16));
-            else if (s == 1) a[r] = unbias<2>(lop3_and_or(q, 0x000c000cu, MAGIC16));
-            else if (s == 2) a[r] = unbias<4>(lop3_and_or(q, 0x00300030u, MAGIC16));
-            else if (s == 3) a[r] = unbias<6>(lop3_and_or(q, 0x00c000c0u, MAGIC16));
-            else if (s == 4) a[r] = unbias<8>(lop3_and_or(q, 0x03000300u, MAGIC16));
-            else if (s == 5) a[r] = unbias<0>(lop3_and_or(q10, 0x00030003u, MAGIC16));
-            else if (s == 6) a[r] = unbias<2>(lop3_and_or(q10, 0x000c000cu, MAGIC16));
-            else a[r] = unbias<4>(lop3_and_or(q10, 0x00300030u, MAGIC16));
-        }
-    } else if (B == 3) {
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int p = 4 * kt + r;
-            if (p == 15) {
-                uint32_t v = lop3_and_or(cword<B>(c, wi * 3 + 0) >> 15, 0x00010001u, MAGIC16);
-                v = lop3_and_or(cword<B>(c, wi * 3 + 1) >> 14, 0x00020002u, v);
-                v = lop3_and_or(cword<B>(c, wi * 3 + 2) >> 13, 0x00040004u, v);
-                a[r] = unbias<0>(v);
-            } else {
-                const uint32_t q = cword<B>(c, wi * 3 + p / 5), q9 = q >> 9;
-                const int s = p % 5;
-                if (s == 0) a[r] = unbias<0>(lop3_and_or(q, 0x00070007u, MAGIC16));
-                else if (s == 1) a[r] = unbias<3>(lop3_and_or(q, 0x00380038u, MAGIC16));
-                else if (s == 2) a[r] = unbias<6>(lop3_and_or(q, 0x01c001c0u, MAGIC16));
-                else if (s == 3) a[r] = unbias<0>(lop3_and_or(q9, 0x00070007u, MAGIC16));
-                else a[r] = unbias<3>(lop3_and_or(q9, 0x00380038u, MAGIC16));
-            }
-        }
-    } else { /* 8 */
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int p = 4 * kt + r;
-            const uint32_t w = cword<B>(c, wi * 8 + p / 2);
-            a[r] = unbias<0>(prmt(w, 0x64646464u, (p & 1) ? 0x4341u : 0x4240u));
-        }
+    for (int r = 0; r < 4; r++) {
+        int k;
+        const uint32_t v = pair_raw<B>(c, wi, 4 * kt + r, &k);
+        a[r] = unbias_k<0>(v, k);
     }
 }
 
 /* ======================================================================== */
-/* The main kernel                                                           */
+/* Pipeline stages shared by the batch-1 and batch-T kernels                 */
 /* ======================================================================== */
 
 template <int SM, bool G8>
 struct StatCfg {
-    static constexpr int NG = G8 ? 2 : 1;                           /* groups per quarter      */
-    static constexpr int SW = (SM == SM_BIL4 ? 2 : 8) * NG;         /* stat words / lane / quad */
-    static constexpr int S2 = SM == SM_BIL4 ? 4 * NG : 1;           /* stats2 entries / quad    */
+    static constexpr int NG = G8 ? 2 : 1;                   /* groups per quarter          */
+    static constexpr int SW = (SM == SM_BIL4 ? 2 : 8) * NG; /* stat words / lane / quad     */
+    static constexpr int S2 = SM == SM_BIL4 ? 4 * NG : 1;   /* stats2 entries / quarter / quad */
 };
 
-/* one quad (4 windows of 64 permuted columns) of a lane's weight data */
+/* Shared memory of one warp: NS pipeline stages, each holding one quad of
+ * the warp's tile (codes and statistics exactly as each lane will read them,
+ * the second-level statistics of the 4 quarters, up to OL_CAP outlier
+ * entries), then the bucket offsets of the warp's quads and the per-lane
+ * outlier accumulators (batch-1 kernel). */
+#define OL_CAP 64
+#define MAXQ 128 /* quads per split (their bucket offsets are staged) */
 template <int B, int SM, bool G8>
-struct QBuf {
-    uint4 c[B];
-    uint32_t s[StatCfg<SM, G8>::SW];
-    uint2 s2[StatCfg<SM, G8>::S2];
+struct Stage {
+    static constexpr int SW = StatCfg<SM, G8>::SW, S2 = StatCfg<SM, G8>::S2;
+    static constexpr int CODES = 0;
+    static constexpr int STATS = CODES + B * 512;
+    static constexpr int STATS2 = STATS + SW * 128;
+    static constexpr int ENT = STATS2 + (SM == SM_BIL4 ? 4 * S2 * 8 : 0);
+    static constexpr int BYTES = ENT + OL_CAP * 4;
+    static constexpr int NS = B == 8 ? 3 : 4; /* stages */
+};
+template <int B, int SM, bool G8>
+struct WarpSmem {
+    static constexpr int OFF = Stage<B, SM, G8>::NS * Stage<B, SM, G8>::BYTES; /* u32 [MAXQ + 1] */
+    static constexpr int ACC = OFF + 4 * (MAXQ + 4);                             /* float [32][17] */
+    static constexpr int BYTES_GEMV = ACC + 32 * 17 * 4;
+    static constexpr int BYTES_GEMM = OFF;
 };
 
-struct Lane {
-    int tile, lane, g, t, rb;
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp16(void *s, const void *g) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(s)), "l"(g));
+}
+__device__ __forceinline__ void cp8(void *s, const void *g) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(smem_u32(s)), "l"(g));
+}
+__device__ __forceinline__ void cp4(void *s, const void *g) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(smem_u32(s)), "l"(g));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+/* per-lane constants and source pointers of one warp's tile */
+template <int B, int SM, bool G8>
+struct Src {
+    const uint4 *codes;   /* this lane's first code vector of quad 0      */
+    const uint32_t *stats;/* this lane's first stat word (vector) of quad 0 */
+    const uint2 *s2;      /* stats2 row of this lane's row block          */
+    int lane, g, t;
 };
 
 template <int B, int SM, bool G8>
-__device__ __forceinline__ void load_quad(QBuf<B, SM, G8> &b, const DevLayer &L, const Lane &ln, int q) {
+__device__ __forceinline__ void src_init(Src<B, SM, G8> &s, const DevLayer &L, int tile, int lane) {
     typedef StatCfg<SM, G8> SC;
-    const uint4 *cp = L.codes + ((size_t)ln.tile * L.nquads + q) * B * 32 + ln.lane;
+    s.lane = lane;
+    s.g = lane >> 2;
+    s.t = lane & 3;
+    s.codes = L.codes + (size_t)tile * L.nquads * B * 32 + lane;
+    if (SC::SW == 2) s.stats = L.stats + ((size_t)tile * L.nquads * 32 + lane) * 2;
+    else s.stats = L.stats + ((size_t)tile * L.nquads * (SC::SW / 4) * 32 + lane) * 4;
+    s.s2 = NULL;
+    if (SM == SM_BIL4) s.s2 = L.stats2 + (size_t)min((16 * tile + s.g) / L.beta2, L.nrb - 1) * L.ngroups;
+}
+
+/* issue the asynchronous copies of quad q into stage memory st; the outlier
+ * entries [e0, e0 + min(n, OL_CAP)) too when OL */
+template <int B, int SM, bool G8, bool OL>
+__device__ __forceinline__ void issue_quad(unsigned char *st, const DevLayer &L, const Src<B, SM, G8> &s, int q,
+                                           uint32_t e0, uint32_t n) {
+    typedef Stage<B, SM, G8> S;
+    typedef StatCfg<SM, G8> SC;
+    const uint4 *cg = s.codes + (size_t)q * B * 32;
+    uint4 *cs = reinterpret_cast<uint4 *>(st + S::CODES) + s.lane;
 #pragma unroll
-    for (int u = 0; u < B; u++) b.c[u] = ld_stream4(cp + u * 32);
+    for (int u = 0; u < B; u++) cp16(cs + u * 32, cg + u * 32);
     if (SC::SW == 2) {
-        const uint2 v = ld_stream2(reinterpret_cast<const uint2 *>(L.stats) +
-                                   ((size_t)ln.tile * L.nquads + q) * 32 + ln.lane);
-        b.s[0] = v.x;
-        b.s[1] = v.y;
+        cp8(reinterpret_cast<uint2 *>(st + S::STATS) + s.lane, s.stats + (size_t)q * 64);
     } else {
-        const uint4 *sp = reinterpret_cast<const uint4 *>(L.stats) +
-                          ((size_t)ln.tile * L.nquads + q) * (SC::SW / 4) * 32 + ln.lane;
+        const uint32_t *sg = s.stats + (size_t)q * (SC::SW / 4) * 128;
+        uint4 *ss = reinterpret_cast<uint4 *>(st + S::STATS) + s.lane;
 #pragma unroll
-        for (int i = 0; i < SC::SW / 4; i++) {
-            const uint4 v = ld_stream4(sp + i * 32);
-            b.s[4 * i] = v.x;
-            b.s[4 * i + 1] = v.y;
-            b.s[4 * i + 2] = v.z;
-            b.s[4 * i + 3] = v.w;
+        for (int i = 0; i < SC::SW / 4; i++) cp16(ss + i * 32, sg + i * 128);
+    }
+    if (SM == SM_BIL4 && s.g == 0) { /* lanes 0..3: second-level statistics of quarter t */
+        uint2 *d2 = reinterpret_cast<uint2 *>(st + S::STATS2) + s.t * SC::S2;
+        const int last = L.ngroups - 1;
+        if (G8) {
+            const int G = 32 * q + 2 * s.t;
+#pragma unroll
+            for (int i = 0; i < 8; i++) cp8(d2 + i, s.s2 + min(G + 8 * (i >> 1) + (i & 1), last));
+        } else if (L.m1) {
+            const int G = 16 * q + s.t;
+#pragma unroll
+            for (int wi = 0; wi < 4; wi++) cp8(d2 + wi, s.s2 + min(G + 4 * wi, last));
+        } else {
+#pragma unroll
+            for (int wi = 0; wi < 4; wi++) cp8(d2 + wi, s.s2 + group_of(L, 4 * q + wi, s.t, 0));
         }
     }
+    if (OL) {
+        uint32_t *es = reinterpret_cast<uint32_t *>(st + S::ENT);
+        const uint32_t m = min(n, (uint32_t)OL_CAP);
+        if ((uint32_t)s.lane < m) cp4(es + s.lane, L.ol + e0 + s.lane);
+        if ((uint32_t)s.lane + 32 < m) cp4(es + s.lane + 32, L.ol + e0 + s.lane + 32);
+    }
+}
+
+template <int B, int SM, bool G8>
+__device__ __forceinline__ void read_stage(const unsigned char *st, int lane, uint4 (&cr)[B],
+                                           uint32_t (&sr)[StatCfg<SM, G8>::SW]) {
+    typedef Stage<B, SM, G8> S;
+    typedef StatCfg<SM, G8> SC;
+#pragma unroll
+    for (int u = 0; u < B; u++) cr[u] = reinterpret_cast<const uint4 *>(st + S::CODES)[u * 32 + lane];
+    if (SC::SW == 2) {
+        const uint2 v = reinterpret_cast<const uint2 *>(st + S::STATS)[lane];
+        sr[0] = v.x;
+        sr[1] = v.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < SC::SW / 4; i++) {
+            const uint4 v = reinterpret_cast<const uint4 *>(st + S::STATS)[i * 32 + lane];
+            sr[4 * i] = v.x;
+            sr[4 * i + 1] = v.y;
+            sr[4 * i + 2] = v.z;
+            sr[4 * i + 3] = v.w;
+        }
+    }
+}
+
+/* exact float of a small unsigned integer (< 2^23) without I2F */
+__device__ __forceinline__ float u2f(uint32_t v) { return __uint_as_float(v | 0x4b000000u) - 8388608.f; }
+
+/* first-level statistics (scale, -zero) of row half h (rows g / g+8), group
+ * grp of the lane's quarter in window wi, in float32 (exact for BIL4, as
+ * qlayer.h defines them; the device fp16 values otherwise) */
+template <int SM, bool G8>
+__device__ __forceinline__ float2 stats_f32(const uint32_t (&sr)[StatCfg<SM, G8>::SW], const uint2 *s2q, int wi,
+                                            int grp, int h) {
     if (SM == SM_BIL4) {
-        const uint2 *s2 = L.stats2 + (size_t)ln.rb * L.ngroups;
-#pragma unroll
-        for (int wi = 0; wi < 4; wi++)
-#pragma unroll
-            for (int grp = 0; grp < SC::NG; grp++)
-                b.s2[wi * SC::NG + grp] = ld_stream2(s2 + group_of(L, 4 * q + wi, ln.t, grp));
+        const uint32_t x = G8 ? sr[wi] : sr[wi >> 1];
+        const int base = 8 * (G8 ? grp : (wi & 1)) + 4 * h;
+        const uint2 q2 = s2q[G8 ? 2 * wi + grp : wi];
+        const float2 z2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.x)); /* s2_zero, z2_zero */
+        const float2 c2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.y)); /* s2_scale, -z2_scale */
+        const float sc = u2f((x >> base) & 15u), zc = u2f((x >> (base + 16)) & 15u);
+        return make_float2(c2.x * (sc - z2.x), c2.y * (zc - z2.y));
+    } else {
+        const uint32_t v = sr[G8 ? 4 * wi + 2 * grp + h : 2 * wi + h];
+        return __half22float2(*reinterpret_cast<const __half2 *>(&v));
     }
 }
 
@@ -365,69 +530,9 @@ __device__ __forceinline__ void stat_pair(uint32_t v, uint32_t &ss, uint32_t &ns
     ss = prmt(v, v, 0x1010u);
     nsz = hmul2u(ss, prmt(v, v, 0x3232u));
 }
-
-template <int B, int SM, bool G8, int NT>
-__device__ __forceinline__ void compute_quad(const QBuf<B, SM, G8> &b, const DevLayer &L, const Lane &ln, int q,
-                                             const __half *__restrict__ xp, float (&c)[NT][4]) {
-    typedef StatCfg<SM, G8> SC;
-#pragma unroll
-    for (int wi = 0; wi < 4; wi++) {
-        const int w = 4 * q + wi;
-        /* inputs of this window: the lane's 16 columns for token 8*nt + g;
-         * with many n-tiles they are loaded per k-tile to save registers */
-        constexpr int NX = NT <= 2 ? NT : 1;
-        uint4 xa[NX], xb[NX];
-        const __half *xw = xp + (size_t)ln.g * L.cols_pad + 64 * w + 16 * ln.t;
-        if (NT <= 2) {
-#pragma unroll
-            for (int nt = 0; nt < NX; nt++) {
-                const uint4 *xr = reinterpret_cast<const uint4 *>(xw + (size_t)8 * nt * L.cols_pad);
-                xa[nt] = __ldg(xr);
-                xb[nt] = __ldg(xr + 1);
-            }
-        }
-        uint32_t ss[2][SC::NG], nsz[2][SC::NG];
-#pragma unroll
-        for (int grp = 0; grp < SC::NG; grp++) {
-            uint32_t p0, p1;
-            if (SM == SM_BIL4) {
-                uint32_t x = G8 ? b.s[wi] : b.s[wi >> 1];
-                const int sh = G8 ? 8 * grp : 8 * (wi & 1);
-                if (sh) x >>= sh;
-                p0 = unbias<0>(lop3_and_or(x, 0x000f000fu, MAGIC16));
-                p1 = unbias<4>(lop3_and_or(x, 0x00f000f0u, MAGIC16));
-                const uint2 q2 = b.s2[wi * SC::NG + grp];
-                p0 = hmul2u(hsub2u(p0, q2.x), q2.y);
-                p1 = hmul2u(hsub2u(p1, q2.x), q2.y);
-            } else {
-                const int i = G8 ? 4 * wi + 2 * grp : 2 * wi;
-                p0 = b.s[i];
-                p1 = b.s[i + 1];
-            }
-            stat_pair(p0, ss[0][grp], nsz[0][grp]);
-            stat_pair(p1, ss[1][grp], nsz[1][grp]);
-        }
-#pragma unroll
-        for (int kt = 0; kt < 4; kt++) {
-            uint32_t a[4];
-            decode_kt<B>(b.c, wi, kt, a);
-            const int grp = G8 ? (kt >> 1) : 0;
-            a[0] = hfma2u(a[0], ss[0][grp], nsz[0][grp]);
-            a[2] = hfma2u(a[2], ss[0][grp], nsz[0][grp]);
-            a[1] = hfma2u(a[1], ss[1][grp], nsz[1][grp]);
-            a[3] = hfma2u(a[3], ss[1][grp], nsz[1][grp]);
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                if (NT <= 2) {
-                    const uint4 &xv = kt < 2 ? xa[nt] : xb[nt];
-                    mma16816(c[nt], a, (kt & 1) ? xv.z : xv.x, (kt & 1) ? xv.w : xv.y);
-                } else {
-                    const uint2 xv = __ldg(reinterpret_cast<const uint2 *>(xw + (size_t)8 * nt * L.cols_pad + 4 * kt));
-                    mma16816(c[nt], a, xv.x, xv.y);
-                }
-            }
-        }
-    }
+__device__ __forceinline__ uint32_t f2_to_h2(float2 f) {
+    const __half2 h = __floats2half2_rn(f.x, f.y);
+    return *reinterpret_cast<const uint32_t *>(&h);
 }
 
 /* split-K: partial results are in ws; the last block of a row block sums
@@ -455,89 +560,354 @@ __device__ void split_finish(const MainArgs &A, int row0) {
     if (threadIdx.x == 0) A.cnt[blockIdx.x] = 0;
 }
 
-template <int B, int SM, bool G8, int NT>
-__global__ void __launch_bounds__(WPB * 32, NT <= 2 ? 4 : 2) k_main(MainArgs A) {
+__device__ __forceinline__ void mma16816_zc(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    d[0] = d[1] = d[2] = d[3] = 0.f;
+    mma16816(d, a, b0, b1);
+}
+
+/* ======================================================================== */
+/* Batch-1 kernel: the 4 quarters' groups in the mma's n dimension           */
+/* ======================================================================== */
+/* B column n = 2*t + plane holds the inputs of quarter t (plane 0: fp16(x),
+ * plane 1: fp16(x - fp16(x)), divided by the bit scale of each duo), zero
+ * elsewhere, so C[row][2t + plane] is the raw dot product of quarter t: lane
+ * (g, t) receives exactly its own rows and quarter. A holds the raw fields
+ * 1024 + sigma*c; y += s * (dot - off - z * xs) with off = 1024 * sum(b) and
+ * xs = sum(sigma * b) per quarter from the prep kernel. */
+template <int B, int SM, bool G8>
+__global__ void __launch_bounds__(WPB * 32) k_gemv(MainArgs A) {
+    typedef Stage<B, SM, G8> S;
+    typedef StatCfg<SM, G8> SC;
+    typedef WarpSmem<B, SM, G8> WS;
+    constexpr int NS = S::NS;
+    extern __shared__ __align__(16) unsigned char smem[];
     const DevLayer &L = A.L;
-    __shared__ float s_ol[WPB][16][8 * NT];
-    const int warp = threadIdx.x >> 5;
-    Lane ln;
-    ln.lane = threadIdx.x & 31;
-    ln.g = ln.lane >> 2;
-    ln.t = ln.lane & 3;
-    ln.tile = blockIdx.x * WPB + warp;
-    const bool active = ln.tile < L.ntiles;
-    ln.rb = 0;
-    if (SM == SM_BIL4) ln.rb = min((16 * ln.tile + ln.g) / L.beta2, L.nrb - 1);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    unsigned char *wsm = smem + warp * WS::BYTES_GEMV;
+    uint32_t *s_off = reinterpret_cast<uint32_t *>(wsm + WS::OFF);
+    float *acc = reinterpret_cast<float *>(wsm + WS::ACC); /* [lane][17] */
+    const int tile = blockIdx.x * WPB + warp;
+    const bool active = tile < L.ntiles;
     const int q0 = blockIdx.y * A.qper, q1 = min(q0 + A.qper, L.nquads);
-
-    for (int i = ln.lane; i < 16 * 8 * NT; i += 32) (&s_ol[warp][0][0])[i] = 0.f;
-    __syncwarp();
-
-    float c[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.f;
+    for (int i = 0; i < 17; i++) acc[lane * 17 + i] = 0.f;
+    float y0 = 0.f, y1 = 0.f; /* rows g, g+8 over the lane's quarters */
 
     if (active && q0 < q1) {
-        QBuf<B, SM, G8> ba, bb;
-        load_quad(ba, L, ln, q0);
-        if (q0 + 1 < q1) load_quad(bb, L, ln, q0 + 1);
-        grid_dep_wait(); /* the prep kernel's xp is complete past this point */
-        for (int q = q0; q < q1; q += 2) {
-            compute_quad<B, SM, G8, NT>(ba, L, ln, q, A.xp, c);
-            if (q + 2 < q1) load_quad(ba, L, ln, q + 2);
-            if (q + 1 < q1) {
-                compute_quad<B, SM, G8, NT>(bb, L, ln, q + 1, A.xp, c);
-                if (q + 3 < q1) load_quad(bb, L, ln, q + 3);
-            }
+        Src<B, SM, G8> s;
+        src_init(s, L, tile, lane);
+        const uint32_t *off = L.ol_off + (size_t)tile * L.nquads + q0;
+        for (int i = lane; i <= q1 - q0; i += 32) s_off[i] = __ldg(off + i);
+        __syncwarp();
+#pragma unroll
+        for (int k = 0; k < NS - 1; k++) {
+            if (q0 + k < q1) issue_quad<B, SM, G8, true>(wsm + k * S::BYTES, L, s, q0 + k, s_off[k], s_off[k + 1] - s_off[k]);
+            cp_commit();
         }
-        /* outliers of this tile in quads [q0, q1): y[row] += val * x[col] */
-        const uint32_t *off = L.ol_off + (size_t)ln.tile * L.nquads;
+        /* B fragments: lanes with g / 2 == t read their plane of quarter t, the others a zero line */
+        const bool own = (s.g >> 1) == s.t;
+        grid_dep_wait(); /* the prep kernel's inputs are complete past this point */
+        const uint4 *xg = A.xg + (own ? 2 * s.g : 16 * (L.cols_pad / 64));
+        const int xstride = own ? 16 : 0; /* uint4 per window */
+        const float2 *ox = A.ox + (size_t)s.t * SC::NG;
         for (int q = q0; q < q1; q++) {
-            const uint32_t e0 = __ldg(off + q), e1 = __ldg(off + q + 1);
-            for (uint32_t e = e0 + ln.lane; e < e1; e += 32) {
-                const uint32_t en = __ldg(L.ol + e);
+            const int k = q - q0;
+            __syncwarp();
+            if (q + NS - 1 < q1)
+                issue_quad<B, SM, G8, true>(wsm + ((k + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, s_off[k + NS - 1],
+                                            s_off[k + NS] - s_off[k + NS - 1]);
+            cp_commit();
+            cp_wait<NS - 1>();
+            __syncwarp();
+            const unsigned char *st = wsm + (k % NS) * S::BYTES;
+            uint4 cr[B];
+            uint32_t sr[SC::SW];
+            read_stage<B, SM, G8>(st, lane, cr, sr);
+            const uint2 *s2q = reinterpret_cast<const uint2 *>(st + S::STATS2) + s.t * SC::S2;
+#pragma unroll
+            for (int wi = 0; wi < 4; wi++) {
+                const int w = 4 * q + wi;
+                const uint4 *xr = xg + (size_t)w * xstride;
+                const uint4 xa = __ldg(xr), xb = __ldg(xr + 1);
+#pragma unroll
+                for (int grp = 0; grp < SC::NG; grp++) {
+                    float c[4];
+#pragma unroll
+                    for (int kk = 0; kk < 4 / SC::NG; kk++) {
+                        const int kt = grp * (4 / SC::NG) + kk;
+                        uint32_t a[4];
+                        decode_raw<B>(cr, wi, kt, a);
+                        const uint4 &xv = kt < 2 ? xa : xb;
+                        const uint32_t b0 = (kt & 1) ? xv.z : xv.x, b1 = (kt & 1) ? xv.w : xv.y;
+                        if (kk == 0) mma16816_zc(c, a, b0, b1);
+                        else mma16816(c, a, b0, b1);
+                    }
+                    const float2 o = __ldg(ox + ((size_t)w * 4) * SC::NG + grp); /* (off, xs) */
+                    const float2 st0 = stats_f32<SM, G8>(sr, s2q, wi, grp, 0);
+                    const float2 st1 = stats_f32<SM, G8>(sr, s2q, wi, grp, 1);
+                    y0 = fmaf(st0.x, fmaf(st0.y, o.y, (c[0] + c[1]) - o.x), y0);
+                    y1 = fmaf(st1.x, fmaf(st1.y, o.y, (c[2] + c[3]) - o.x), y1);
+                }
+            }
+            /* outliers of quad q into this lane's private accumulators */
+            const uint32_t *es = reinterpret_cast<const uint32_t *>(st + S::ENT);
+            const uint32_t e0 = s_off[k], n = s_off[k + 1] - e0;
+            for (uint32_t i = lane; i < n; i += 32) {
+                const uint32_t en = i < OL_CAP ? es[i] : __ldg(L.ol + e0 + i);
                 const int col = q * QCOLS + (int)(en & 255u), row = (int)((en >> 8) & 15u);
-                const float val = h2f(en >> 16);
-                for (int n = 0; n < A.T; n++)
-                    atomicAdd(&s_ol[warp][row][n], val * __half2float(A.xp[(size_t)n * L.cols_pad + col]));
+                acc[lane * 17 + row] += h2f(en >> 16) * __ldg(A.xf + col);
             }
         }
+        cp_wait<0>();
     } else {
         grid_dep_wait();
     }
+    /* rows g, g+8: sum over the 4 quarters, then the outlier sums of the row */
+    y0 += __shfl_xor_sync(0xffffffffu, y0, 1);
+    y0 += __shfl_xor_sync(0xffffffffu, y0, 2);
+    y1 += __shfl_xor_sync(0xffffffffu, y1, 1);
+    y1 += __shfl_xor_sync(0xffffffffu, y1, 2);
     __syncwarp();
+    float ol = 0.f; /* lane r < 16: outlier sum of row r */
+    if (lane < 16)
+        for (int i = 0; i < 32; i++) ol += acc[i * 17 + lane];
+    const int g = lane >> 2;
+    const float o0 = __shfl_sync(0xffffffffu, ol, g), o1 = __shfl_sync(0xffffffffu, ol, g + 8);
+    const bool split = gridDim.y > 1;
+    if (active && (lane & 3) == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = 16 * tile + g + 8 * h;
+            if (row >= L.rows) continue;
+            const float v = h ? y1 + o1 : y0 + o0;
+            if (split) A.ws[(size_t)blockIdx.y * L.rows_pad + row] = v;
+            else A.Y[row] = v;
+        }
+    }
+    if (split) split_finish(A, blockIdx.x * WPB * 16);
+}
+
+/* ======================================================================== */
+/* Batch-T kernel: tokens in the mma's n dimension, fp16 weights             */
+/* ======================================================================== */
+template <int B, int SM, bool G8, int NT>
+__device__ __forceinline__ void compute_quad(const unsigned char *st, const DevLayer &L, int lane, int g, int t, int q,
+                                             const __half *__restrict__ xp, float (&c)[NT][4]) {
+    typedef Stage<B, SM, G8> S;
+    typedef StatCfg<SM, G8> SC;
+    uint4 cr[B];
+    uint32_t sr[SC::SW];
+    read_stage<B, SM, G8>(st, lane, cr, sr);
+    const uint2 *s2q = reinterpret_cast<const uint2 *>(st + S::STATS2) + t * SC::S2;
+#pragma unroll
+    for (int wi = 0; wi < 4; wi++) {
+        const int w = 4 * q + wi;
+        constexpr int NX = NT <= 2 ? NT : 1;
+        uint4 xa[NX], xb[NX];
+        const __half *xw = xp + (size_t)g * L.cols_pad + 64 * w + 16 * t;
+        if (NT <= 2) {
+#pragma unroll
+            for (int nt = 0; nt < NX; nt++) {
+                const uint4 *xr = reinterpret_cast<const uint4 *>(xw + (size_t)8 * nt * L.cols_pad);
+                xa[nt] = __ldg(xr);
+                xb[nt] = __ldg(xr + 1);
+            }
+        }
+        uint32_t ss[2][SC::NG], nsz[2][SC::NG];
+#pragma unroll
+        for (int grp = 0; grp < SC::NG; grp++) {
+            uint32_t p0, p1;
+            if (SM == SM_BIL4) {
+                uint32_t x = G8 ? sr[wi] : sr[wi >> 1];
+                const int sh = G8 ? 8 * grp : 8 * (wi & 1);
+                if (sh) x >>= sh;
+                p0 = unbias<0>(lop3_and_or(x, 0x000f000fu, MAGIC16));
+                p1 = unbias<4>(lop3_and_or(x, 0x00f000f0u, MAGIC16));
+                const uint2 q2 = s2q[G8 ? 2 * wi + grp : wi];
+                p0 = hmul2u(hsub2u(p0, q2.x), q2.y);
+                p1 = hmul2u(hsub2u(p1, q2.x), q2.y);
+            } else {
+                const int i = G8 ? 4 * wi + 2 * grp : 2 * wi;
+                p0 = sr[i];
+                p1 = sr[i + 1];
+            }
+            stat_pair(p0, ss[0][grp], nsz[0][grp]);
+            stat_pair(p1, ss[1][grp], nsz[1][grp]);
+        }
+#pragma unroll
+        for (int kt = 0; kt < 4; kt++) {
+            uint32_t a[4];
+            decode_kt<B>(cr, wi, kt, a);
+            const int grp = G8 ? (kt >> 1) : 0;
+            a[0] = hfma2u(a[0], ss[0][grp], nsz[0][grp]);
+            a[2] = hfma2u(a[2], ss[0][grp], nsz[0][grp]);
+            a[1] = hfma2u(a[1], ss[1][grp], nsz[1][grp]);
+            a[3] = hfma2u(a[3], ss[1][grp], nsz[1][grp]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                if (NT <= 2) {
+                    const uint4 &xv = kt < 2 ? xa[nt] : xb[nt];
+                    mma16816(c[nt], a, (kt & 1) ? xv.z : xv.x, (kt & 1) ? xv.w : xv.y);
+                } else {
+                    const uint2 xv = __ldg(reinterpret_cast<const uint2 *>(xw + (size_t)8 * nt * L.cols_pad + 4 * kt));
+                    mma16816(c[nt], a, xv.x, xv.y);
+                }
+            }
+        }
+    }
+}
+
+template <int B, int SM, bool G8, int NT>
+__global__ void __launch_bounds__(WPB * 32) k_gemm(MainArgs A) {
+    typedef Stage<B, SM, G8> S;
+    typedef WarpSmem<B, SM, G8> WS;
+    constexpr int NS = S::NS;
+    extern __shared__ __align__(16) unsigned char smem[];
+    const DevLayer &L = A.L;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    unsigned char *wsm = smem + warp * WS::BYTES_GEMM;
+    const int tile = blockIdx.x * WPB + warp;
+    const bool active = tile < L.ntiles;
+    const int q0 = blockIdx.y * A.qper, q1 = min(q0 + A.qper, L.nquads);
+    float c[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.f;
+    const int g = lane >> 2, t = lane & 3;
+    if (active && q0 < q1) {
+        Src<B, SM, G8> s;
+        src_init(s, L, tile, lane);
+#pragma unroll
+        for (int k = 0; k < NS - 1; k++) {
+            if (q0 + k < q1) issue_quad<B, SM, G8, false>(wsm + k * S::BYTES, L, s, q0 + k, 0, 0);
+            cp_commit();
+        }
+        grid_dep_wait();
+        for (int q = q0; q < q1; q++) {
+            const int k = q - q0;
+            __syncwarp();
+            if (q + NS - 1 < q1) issue_quad<B, SM, G8, false>(wsm + ((k + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, 0, 0);
+            cp_commit();
+            cp_wait<NS - 1>();
+            __syncwarp();
+            compute_quad<B, SM, G8, NT>(wsm + (k % NS) * S::BYTES, L, lane, g, t, q, A.xp, c);
+        }
+        cp_wait<0>();
+    } else {
+        grid_dep_wait();
+    }
     const bool split = gridDim.y > 1;
     if (active) {
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const int lr = ln.g + 8 * (j >> 1), n = 8 * nt + 2 * ln.t + (j & 1);
-                const int row = 16 * ln.tile + lr;
+                const int lr = g + 8 * (j >> 1), n = 8 * nt + 2 * t + (j & 1);
+                const int row = 16 * tile + lr;
                 if (n >= A.T || row >= L.rows) continue;
-                const float v = c[nt][j] + s_ol[warp][lr][n];
-                if (split) A.ws[((size_t)blockIdx.y * A.T + n) * L.rows_pad + row] = v;
-                else A.Y[(size_t)n * L.rows + row] = v;
+                if (split) A.ws[((size_t)blockIdx.y * A.T + n) * L.rows_pad + row] = c[nt][j];
+                else A.Y[(size_t)n * L.rows + row] = c[nt][j];
             }
     }
     if (split) split_finish(A, blockIdx.x * WPB * 16);
 }
 
+/* Outliers of the batch-T kernel, added to Y after it: one warp per tile;
+ * lane = (entry slot e, token group n): EPI entries per step, lane handles
+ * tokens n, n + TG, ...; private shared accumulators, no atomics. */
+__global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__restrict__ xpT, int Tpad, int T,
+                                                  float *__restrict__ Y) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int tile = blockIdx.x * 4 + warp;
+    int TG = 1;
+    while (TG < T && TG < 8) TG <<= 1;
+    const int EPI = 32 / TG, ei = lane / TG, n0 = lane % TG;
+    float *acc = reinterpret_cast<float *>(smem) + (size_t)warp * 4 * 16 * 64; /* [EPI][16][T] */
+    for (int i = lane; i < EPI * 16 * T; i += 32) acc[i] = 0.f;
+    __syncwarp();
+    if (tile >= L.ntiles) return;
+    const uint32_t *off = L.ol_off + (size_t)tile * L.nquads;
+    for (int q = 0; q < L.nquads; q++) {
+        const uint32_t e0 = __ldg(off + q), e1 = __ldg(off + q + 1);
+        for (uint32_t e = e0 + ei; e < e1; e += EPI) {
+            const uint32_t en = __ldg(L.ol + e);
+            const int col = q * QCOLS + (int)(en & 255u), row = (int)((en >> 8) & 15u);
+            const float v = h2f(en >> 16);
+            float *ar = acc + ((size_t)ei * 16 + row) * T;
+            const __half *xr = xpT + (size_t)col * Tpad;
+            for (int n = n0; n < T; n += TG) ar[n] += v * __half2float(xr[n]);
+        }
+    }
+    __syncwarp();
+    for (int i = lane; i < 16 * T; i += 32) {
+        const int row = i / T, n = i % T, r = 16 * tile + row;
+        if (r >= L.rows) continue;
+        float s = 0.f;
+        for (int k = 0; k < EPI; k++) s += acc[((size_t)k * 16 + row) * T + n];
+        Y[(size_t)n * L.rows + r] += s;
+    }
+}
+
 /* ======================================================================== */
-/* Prep and reference kernels                                                */
+/* Prep kernels                                                              */
 /* ======================================================================== */
 
-/* xp[n][j] = fp16(X[n][perm[j]]) for n < T, j < cols; zero padding up to
- * [Tpad][cols_pad] */
+/* batch-1 inputs: per (window w, quarter t) one thread. xg[w][2t + plane][16]
+ * halves: plane 0 = fp16(x / sigma), plane 1 = fp16(x / sigma - plane 0),
+ * sigma the bit scale of the column's duo; zero line at w = nwin. ox[w][t]
+ * (x G8 halves) = (1024 * sum b, sum sigma * b) with b = plane 0 + plane 1.
+ * xf: float32 permuted x (outliers). */
+__global__ void __launch_bounds__(256) k_prep1(const int32_t *__restrict__ perm, int cols, int cols_pad, int B,
+                                               int ng, const float *__restrict__ X, __half *__restrict__ xg,
+                                               float2 *__restrict__ ox, float *__restrict__ xf) {
+    grid_dep_launch();
+    const int nwin = cols_pad / 64;
+    const int id = blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= 4 * (nwin + 1)) return;
+    const int w = id >> 2, t = id & 3;
+    __half *d0 = xg + ((size_t)w * 8 + 2 * t) * 16, *d1 = d0 + 16;
+    if (w == nwin) { /* the zero line read by lanes without inputs */
+        for (int i = 0; i < 16; i++) d0[i] = d1[i] = __float2half_rn(0.f);
+        return;
+    }
+    float o[2] = {0.f, 0.f}, xs[2] = {0.f, 0.f};
+    for (int i = 0; i < 16; i++) {
+        const int j = 64 * w + 16 * t + i;
+        const float x = j < cols ? __ldg(X + __ldg(perm + j)) : 0.f;
+        xf[j] = x;
+        const int kt = i >> 2, h = (i >> 1) & 1;
+        const int k = duo_k(B, kt, h);
+        const float inv = 1.0f / (float)(1 << k), sig = (float)(1 << k);
+        const __half hi = __float2half_rn(x * inv);
+        const __half lo = __float2half_rn(x * inv - __half2float(hi));
+        d0[i] = hi;
+        d1[i] = lo;
+        const float b = __half2float(hi) + __half2float(lo);
+        const int part = ng == 2 ? (kt >> 1) : 0;
+        o[part] += 1024.f * b;
+        xs[part] += sig * b;
+    }
+    if (ng == 2) {
+        ox[((size_t)w * 4 + t) * 2] = make_float2(o[0], xs[0]);
+        ox[((size_t)w * 4 + t) * 2 + 1] = make_float2(o[1], xs[1]);
+    } else {
+        ox[(size_t)w * 4 + t] = make_float2(o[0], xs[0]);
+    }
+}
+
+/* batch-T inputs: xp[n][j] = xpT[j][n] = fp16(X[n][perm[j]]) for n < T,
+ * j < cols; zero padding up to Tpad tokens and cols_pad columns */
 __global__ void __launch_bounds__(256) k_prep(const int32_t *__restrict__ perm, int cols, int cols_pad,
-                                              const float *__restrict__ X, int T, __half *__restrict__ xp) {
+                                              const float *__restrict__ X, int T, int Tpad, __half *__restrict__ xp,
+                                              __half *__restrict__ xpT) {
     grid_dep_launch();
     const int n = blockIdx.y;
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= cols_pad) return;
     float v = 0.f;
     if (n < T && j < cols) v = __ldg(X + (size_t)n * cols + __ldg(perm + j));
-    xp[(size_t)n * cols_pad + j] = __float2half_rn(v);
+    const __half h = __float2half_rn(v);
+    xp[(size_t)n * cols_pad + j] = h;
+    xpT[(size_t)j * Tpad + n] = h;
 }
 
 /* dequantized weight (row r, permuted column j) read from the fast layout,
@@ -680,8 +1050,8 @@ static spqr_status dev_init(void) {
     int dev = 0;
     CK(cudaGetDevice(&dev), "cudaGetDevice");
     CK(cudaGetDeviceProperties(&g_prop, dev), "cudaGetDeviceProperties");
-    if (g_prop.major * 10 + g_prop.minor < 75)
-        return spqr_fail(SPQR_ERR_NO_DEVICE, "CUDA device %s is sm_%d%d; sm_75 or newer is needed",
+    if (g_prop.major * 10 + g_prop.minor < 80)
+        return spqr_fail(SPQR_ERR_NO_DEVICE, "CUDA device %s is sm_%d%d; sm_80 or newer is needed",
                          g_prop.name, g_prop.major, g_prop.minor);
     g_dev_ok = 1;
     return SPQR_OK;
@@ -1116,22 +1486,33 @@ static spqr_status ensure_buf(void **p, size_t *cap, size_t need, bool zero) {
 }
 
 typedef void (*main_fn)(MainArgs);
+struct MainK {
+    main_fn fn;
+    int smem; /* dynamic shared memory per block */
+};
 
+/* nt == 0: the batch-1 kernel; 1, 2, 4, 8: the batch-T kernel */
+template <int B, int SM, bool G8, int NT>
+static MainK mk() {
+    if (NT == 0) return MainK{k_gemv<B, SM, G8>, WPB * WarpSmem<B, SM, G8>::BYTES_GEMV};
+    return MainK{k_gemm<B, SM, G8, NT == 0 ? 1 : NT>, WPB * WarpSmem<B, SM, G8>::BYTES_GEMM};
+}
 template <int B, int SM, bool G8>
-static main_fn pick_nt(int nt) {
+static MainK pick_nt(int nt) {
     switch (nt) {
-    case 1: return k_main<B, SM, G8, 1>;
-    case 2: return k_main<B, SM, G8, 2>;
-    case 4: return k_main<B, SM, G8, 4>;
-    default: return k_main<B, SM, G8, 8>;
+    case 0: return mk<B, SM, G8, 0>();
+    case 1: return mk<B, SM, G8, 1>();
+    case 2: return mk<B, SM, G8, 2>();
+    case 4: return mk<B, SM, G8, 4>();
+    default: return mk<B, SM, G8, 8>();
     }
 }
 template <int B>
-static main_fn pick_stat(int smode, bool g8, int nt) {
+static MainK pick_stat(int smode, bool g8, int nt) {
     if (smode == SM_BIL4) return g8 ? pick_nt<B, SM_BIL4, true>(nt) : pick_nt<B, SM_BIL4, false>(nt);
     return g8 ? pick_nt<B, SM_F16, true>(nt) : pick_nt<B, SM_F16, false>(nt);
 }
-static main_fn pick_main(const DevLayer &L, int nt) {
+static MainK pick_main(const DevLayer &L, int nt) {
     switch (L.B) {
     case 2: return pick_stat<2>(L.smode, L.g8, nt);
     case 3: return pick_stat<3>(L.smode, L.g8, nt);
@@ -1139,25 +1520,28 @@ static main_fn pick_main(const DevLayer &L, int nt) {
     default: return pick_stat<8>(L.smode, L.g8, nt);
     }
 }
-static int nt_slot(int nt) { return nt == 1 ? 0 : nt == 2 ? 1 : nt == 4 ? 2 : 3; }
+static int nt_slot(int nt) { return nt == 0 ? 0 : nt == 1 ? 1 : nt == 2 ? 2 : nt == 4 ? 3 : 4; }
 
 struct KInfo {
+    MainK k;
     int bps;  /* resident blocks per SM */
     bool pdl; /* compiled with griddepcontrol (sm_90 code) */
     bool init;
 };
 /* [B slot][smode][g8][nt slot] */
-static KInfo g_ki[4][2][2][4];
+static KInfo g_ki[4][2][2][5];
 
 static spqr_status kinfo(const DevLayer &L, int nt, KInfo **out) {
     const int bs = L.B == 2 ? 0 : L.B == 3 ? 1 : L.B == 4 ? 2 : 3;
     KInfo &ki = g_ki[bs][L.smode][L.g8][nt_slot(nt)];
     if (!ki.init) {
-        const void *fn = (const void *)pick_main(L, nt);
+        ki.k = pick_main(L, nt);
+        const void *fn = (const void *)ki.k.fn;
         cudaFuncAttributes fa;
         CK(cudaFuncGetAttributes(&fa, fn), "cudaFuncGetAttributes");
+        CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, ki.k.smem), "cudaFuncSetAttribute");
         int bps = 0;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, WPB * 32, 0), "occupancy");
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bps, fn, WPB * 32, ki.k.smem), "occupancy");
         if (bps < 1) return spqr_fail(SPQR_ERR_NO_DEVICE, "qgemm: kernel does not fit on this device");
         ki.bps = bps;
         ki.pdl = fa.ptxVersion >= 90 && g_prop.major >= 9;
@@ -1168,15 +1552,16 @@ static spqr_status kinfo(const DevLayer &L, int nt, KInfo **out) {
 }
 
 /* split-K factor: enough warps for one full wave of the device, at least two
- * quads per split */
+ * quads per split, at most MAXQ */
 static int pick_split(const DevLayer &L, int bps) {
     const int slots = g_prop.multiProcessorCount * bps; /* resident blocks */
     const int row_blocks = ceil_div(L.ntiles, WPB);
-    const int cap = std::max(1, L.nquads / 2);
-    if (row_blocks >= slots) return 1;
-    int best = 1;
+    const int need = ceil_div(L.nquads, MAXQ);
+    const int cap = std::max(need, L.nquads / 2);
+    if (row_blocks * need >= slots) return need;
+    int best = need;
     double best_eff = -1;
-    for (int ns = 1; ns <= cap; ns++) {
+    for (int ns = need; ns <= cap; ns++) {
         const int qper = ceil_div(L.nquads, ns);
         const int used = ceil_div(L.nquads, qper); /* splits that get work */
         const double waves = (double)row_blocks * used / slots;
@@ -1190,14 +1575,15 @@ static int pick_split(const DevLayer &L, int bps) {
     return best;
 }
 
-static spqr_status launch_main(main_fn fn, dim3 grid, bool pdl, MainArgs A) {
+static spqr_status launch_main(const MainK &k, dim3 grid, bool pdl, MainArgs A) {
     void *args[1] = {&A};
+    main_fn fn = k.fn;
     if (pdl) {
         cudaLaunchConfig_t cfg;
         memset(&cfg, 0, sizeof cfg);
         cfg.gridDim = grid;
         cfg.blockDim = dim3(WPB * 32);
-        cfg.dynamicSmemBytes = 0;
+        cfg.dynamicSmemBytes = (size_t)k.smem;
         cfg.stream = 0;
         cudaLaunchAttribute attr[1];
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -1208,20 +1594,23 @@ static spqr_status launch_main(main_fn fn, dim3 grid, bool pdl, MainArgs A) {
         if (e == cudaSuccess) return SPQR_OK;
         (void)cudaGetLastError(); /* fall back to a plain launch */
     }
-    CK(cudaLaunchKernel((const void *)fn, grid, dim3(WPB * 32), args, 0, 0), "kernel launch");
+    CK(cudaLaunchKernel((const void *)fn, grid, dim3(WPB * 32), args, (size_t)k.smem, 0), "kernel launch");
     return SPQR_OK;
 }
 
 static int auto_nt(int T) { return T <= 8 ? 1 : T <= 16 ? 2 : T <= 32 ? 4 : 8; }
 
 extern "C" int spqr_cuda_qgemm_auto_split(const spqr_cuda_qlinear *W, int n_tok) {
-    if (!W || n_tok < 1 || !W->L.fast) return W && n_tok >= 1 ? 1 : 0;
+    if (!W || n_tok < 1) return 0;
+    if (!W->L.fast) return 1;
     std::lock_guard<std::mutex> lk(g_mu);
     if (dev_init() != SPQR_OK) return 0;
     KInfo *ki = NULL;
-    if (kinfo(W->L, auto_nt(std::min(n_tok, 64)), &ki) != SPQR_OK) return 0;
+    if (kinfo(W->L, n_tok == 1 ? 0 : auto_nt(std::min(n_tok, 64)), &ki) != SPQR_OK) return 0;
     return pick_split(W->L, ki->bps);
 }
+
+static bool g_outl_init;
 
 extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const float *dX, int n_tok, float *dY,
                                           const spqr_cuda_qgemm_opts *opts) {
@@ -1239,7 +1628,8 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
     spqr_status st = dev_init();
     if (st != SPQR_OK) return st;
     int kern = o.kernel;
-    if (kern == SPQR_CUDA_KERNEL_AUTO) kern = L.fast ? SPQR_CUDA_KERNEL_GEMM : SPQR_CUDA_KERNEL_REF;
+    if (kern == SPQR_CUDA_KERNEL_AUTO)
+        kern = !L.fast ? SPQR_CUDA_KERNEL_REF : n_tok == 1 ? SPQR_CUDA_KERNEL_GEMV : SPQR_CUDA_KERNEL_GEMM;
     if (kern != SPQR_CUDA_KERNEL_REF && !L.fast)
         return spqr_fail(SPQR_ERR_UNSUPPORTED,
                          "qgemm: tensor-core kernels need beta1 = 8 or a multiple of 16 (beta1=%d)", L.beta1);
@@ -1251,21 +1641,28 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
         }
         return SPQR_OK;
     }
-    /* tokens per pass: GEMV = 8 (one n-tile), GEMM = max_tokens or automatic */
+    /* tokens per pass: GEMV = 1, GEMM = max_tokens or automatic (<= 64) */
     int maxT = 64;
-    if (kern == SPQR_CUDA_KERNEL_GEMV) maxT = 8;
+    if (kern == SPQR_CUDA_KERNEL_GEMV) maxT = 1;
     else if (o.max_tokens > 0) maxT = o.max_tokens <= 8 ? 8 : o.max_tokens <= 16 ? 16 : o.max_tokens <= 32 ? 32 : 64;
+    const int nwin = L.cols_pad / 64, row_blocks = ceil_div(L.ntiles, WPB);
     for (int t0 = 0; t0 < n_tok;) {
         const int T = std::min(n_tok - t0, maxT);
-        const int nt = auto_nt(T);
+        const bool gemv = kern == SPQR_CUDA_KERNEL_GEMV;
+        const int nt = gemv ? 0 : auto_nt(T);
         KInfo *ki = NULL;
         st = kinfo(L, nt, &ki);
         if (st != SPQR_OK) return st;
         int nsplit = o.nsplit > 0 ? std::min(o.nsplit, L.nquads) : pick_split(L, ki->bps);
+        nsplit = std::max(nsplit, ceil_div(L.nquads, MAXQ));
         const int qper = ceil_div(L.nquads, nsplit);
         nsplit = ceil_div(L.nquads, qper);
-        const int row_blocks = ceil_div(L.ntiles, WPB);
-        st = ensure_buf((void **)&g_xp, &g_xp_cap, (size_t)8 * nt * L.cols_pad * sizeof(__half), false);
+        /* input buffers: batch 1: xg | ox | xf; batch T: xp | xpT */
+        const size_t b_xg = align256((size_t)(nwin + 1) * 8 * 16 * sizeof(__half));
+        const size_t b_ox = align256((size_t)nwin * 4 * 2 * sizeof(float2));
+        const size_t b_xf = align256((size_t)L.cols_pad * sizeof(float));
+        const size_t b_xp = align256((size_t)8 * std::max(nt, 1) * L.cols_pad * sizeof(__half));
+        st = ensure_buf((void **)&g_xp, &g_xp_cap, gemv ? b_xg + b_ox + b_xf : 2 * b_xp, false);
         if (st != SPQR_OK) return st;
         if (nsplit > 1) {
             st = ensure_buf((void **)&g_ws, &g_ws_cap, (size_t)nsplit * T * L.rows_pad * sizeof(float), false);
@@ -1274,18 +1671,40 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
             if (st != SPQR_OK) return st;
         }
         const float *X = dX + (size_t)t0 * L.cols;
-        k_prep<<<dim3(L.cols_pad / 256, 8 * nt), 256>>>(L.perm, L.cols, L.cols_pad, X, T, g_xp);
-        CK(cudaGetLastError(), "prep kernel launch");
+        unsigned char *xb = (unsigned char *)g_xp;
         MainArgs A;
+        memset(&A, 0, sizeof A);
         A.L = L;
-        A.xp = g_xp;
         A.T = T;
         A.qper = qper;
         A.Y = dY + (size_t)t0 * L.rows;
         A.ws = g_ws;
         A.cnt = g_cnt;
-        st = launch_main(pick_main(L, nt), dim3(row_blocks, nsplit), !o.no_pdl && ki->pdl, A);
+        if (gemv) {
+            A.xg = (const uint4 *)xb;
+            A.ox = (const float2 *)(xb + b_xg);
+            A.xf = (const float *)(xb + b_xg + b_ox);
+            k_prep1<<<ceil_div(4 * (nwin + 1), 256), 256>>>(L.perm, L.cols, L.cols_pad, L.B, L.g8 ? 2 : 1, X,
+                                                           (__half *)xb, (float2 *)(xb + b_xg),
+                                                           (float *)(xb + b_xg + b_ox));
+        } else {
+            __half *xp = (__half *)xb, *xpT = (__half *)(xb + b_xp);
+            A.xp = xp;
+            k_prep<<<dim3(L.cols_pad / 256, 8 * nt), 256>>>(L.perm, L.cols, L.cols_pad, X, T, 8 * nt, xp, xpT);
+        }
+        CK(cudaGetLastError(), "prep kernel launch");
+        st = launch_main(ki->k, dim3(row_blocks, nsplit), !o.no_pdl && ki->pdl, A);
         if (st != SPQR_OK) return st;
+        if (!gemv && W->n_ol > 0) {
+            const int sm = 4 * 16 * 64 * 4 * 4; /* 4 warps x [EPI][16][T] floats, EPI * T <= 256 */
+            if (!g_outl_init) {
+                CK(cudaFuncSetAttribute((const void *)k_outliers, cudaFuncAttributeMaxDynamicSharedMemorySize, sm),
+                   "cudaFuncSetAttribute");
+                g_outl_init = true;
+            }
+            k_outliers<<<ceil_div(L.ntiles, 4), 128, sm>>>(L, (const __half *)(xb + b_xp), 8 * nt, T, A.Y);
+            CK(cudaGetLastError(), "outlier kernel launch");
+        }
         t0 += T;
     }
     return SPQR_OK;
