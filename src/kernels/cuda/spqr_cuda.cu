@@ -50,6 +50,9 @@ struct DevLayer {
     const uint32_t *ol_off; /* fast: [ntiles * nquads + 1]                   */
     const uint32_t *ol;     /* fast: col-in-quad | row-in-tile << 8 | fp16 << 16 */
     const int32_t *perm;    /* [cols]                                        */
+    const uint32_t *orow;   /* fast: row-ordered outliers (batch-T kernel):  */
+    const uint32_t *ocol;   /*   CSR offsets [rows + 1], permuted columns,   */
+    const uint16_t *oval;   /*   fp16 values                                 */
     const uint8_t *gcodes;  /* generic: [rows][cols]                         */
     const float2 *gstats;   /* generic: [rows][ngroups] (scale, zero)        */
     const uint32_t *grow;   /* generic: outlier CSR row offsets [rows + 1]   */
@@ -388,7 +391,7 @@ struct Stage {
     static constexpr int STATS2 = STATS + SW * 128;
     static constexpr int ENT = STATS2 + (SM == SM_BIL4 ? 4 * S2 * 8 : 0);
     static constexpr int BYTES = ENT + OL_CAP * 4;
-    static constexpr int NS = B == 8 ? 3 : 4; /* stages */
+    static constexpr int NS = 3; /* stages: two quads in flight while one is computed */
 };
 template <int B, int SM, bool G8>
 struct WarpSmem {
@@ -455,20 +458,12 @@ __device__ __forceinline__ void issue_quad(unsigned char *st, const DevLayer &L,
 #pragma unroll
         for (int i = 0; i < SC::SW / 4; i++) cp16(ss + i * 32, sg + i * 128);
     }
-    if (SM == SM_BIL4 && s.g == 0) { /* lanes 0..3: second-level statistics of quarter t */
-        uint2 *d2 = reinterpret_cast<uint2 *>(st + S::STATS2) + s.t * SC::S2;
-        const int last = L.ngroups - 1;
-        if (G8) {
-            const int G = 32 * q + 2 * s.t;
-#pragma unroll
-            for (int i = 0; i < 8; i++) cp8(d2 + i, s.s2 + min(G + 8 * (i >> 1) + (i & 1), last));
-        } else if (L.m1) {
-            const int G = 16 * q + s.t;
-#pragma unroll
-            for (int wi = 0; wi < 4; wi++) cp8(d2 + wi, s.s2 + min(G + 4 * wi, last));
-        } else {
-#pragma unroll
-            for (int wi = 0; wi < 4; wi++) cp8(d2 + wi, s.s2 + group_of(L, 4 * q + wi, s.t, 0));
+    if (SM == SM_BIL4) { /* second-level statistics: entry i = (window, quarter, group) of the quad */
+        const int i = s.lane;
+        if (i < 4 * SC::S2) {
+            const int wi = i / (4 * SC::NG), t = (i / SC::NG) & 3, grp = i % SC::NG;
+            uint2 *d2 = reinterpret_cast<uint2 *>(st + S::STATS2) + t * SC::S2 + wi * SC::NG + grp;
+            cp8(d2, s.s2 + group_of(L, 4 * q + wi, t, grp));
         }
     }
     if (OL) {
@@ -810,40 +805,43 @@ __global__ void __launch_bounds__(WPB * 32) k_gemm(MainArgs A) {
     if (split) split_finish(A, blockIdx.x * WPB * 16);
 }
 
-/* Outliers of the batch-T kernel, added to Y after it: one warp per tile;
- * lane = (entry slot e, token group n): EPI entries per step, lane handles
- * tokens n, n + TG, ...; private shared accumulators, no atomics. */
-__global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__restrict__ xpT, int Tpad, int T,
+/* Outliers of the batch-T kernel, added to Y after it: one warp per row of
+ * the row-ordered copy of the outliers; each lane sums its entries for all
+ * tokens in registers, then the lanes' sums are added in a fixed order. */
+template <int NT>
+__global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__restrict__ xpT, int T,
                                                   float *__restrict__ Y) {
-    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ float red[4][32][8 * NT + 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int tile = blockIdx.x * 4 + warp;
-    int TG = 1;
-    while (TG < T && TG < 8) TG <<= 1;
-    const int EPI = 32 / TG, ei = lane / TG, n0 = lane % TG;
-    float *acc = reinterpret_cast<float *>(smem) + (size_t)warp * 4 * 16 * 64; /* [EPI][16][T] */
-    for (int i = lane; i < EPI * 16 * T; i += 32) acc[i] = 0.f;
-    __syncwarp();
-    if (tile >= L.ntiles) return;
-    const uint32_t *off = L.ol_off + (size_t)tile * L.nquads;
-    for (int q = 0; q < L.nquads; q++) {
-        const uint32_t e0 = __ldg(off + q), e1 = __ldg(off + q + 1);
-        for (uint32_t e = e0 + ei; e < e1; e += EPI) {
-            const uint32_t en = __ldg(L.ol + e);
-            const int col = q * QCOLS + (int)(en & 255u), row = (int)((en >> 8) & 15u);
-            const float v = h2f(en >> 16);
-            float *ar = acc + ((size_t)ei * 16 + row) * T;
-            const __half *xr = xpT + (size_t)col * Tpad;
-            for (int n = n0; n < T; n += TG) ar[n] += v * __half2float(xr[n]);
+    const int r = blockIdx.x * 4 + warp;
+    if (r >= L.rows) return;
+    float acc[8 * NT];
+#pragma unroll
+    for (int n = 0; n < 8 * NT; n++) acc[n] = 0.f;
+    const uint32_t k1 = __ldg(L.orow + r + 1);
+    for (uint32_t k = __ldg(L.orow + r) + lane; k < k1; k += 32) {
+        const uint32_t col = __ldg(L.ocol + k);
+        const float v = h2f(__ldg(L.oval + k));
+        const uint4 *xr = reinterpret_cast<const uint4 *>(xpT + (size_t)col * (8 * NT));
+#pragma unroll
+        for (int o = 0; o < NT; o++) {
+            const uint4 xv = __ldg(xr + o);
+            const uint32_t hh[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&hh[i]));
+                acc[8 * o + 2 * i] = fmaf(v, f.x, acc[8 * o + 2 * i]);
+                acc[8 * o + 2 * i + 1] = fmaf(v, f.y, acc[8 * o + 2 * i + 1]);
+            }
         }
     }
+#pragma unroll
+    for (int n = 0; n < 8 * NT; n++) red[warp][lane][n] = acc[n];
     __syncwarp();
-    for (int i = lane; i < 16 * T; i += 32) {
-        const int row = i / T, n = i % T, r = 16 * tile + row;
-        if (r >= L.rows) continue;
-        float s = 0.f;
-        for (int k = 0; k < EPI; k++) s += acc[((size_t)k * 16 + row) * T + n];
-        Y[(size_t)n * L.rows + r] += s;
+    for (int n = lane; n < T; n += 32) {
+        float sum = 0.f;
+        for (int l = 0; l < 32; l++) sum += red[warp][l][n];
+        Y[(size_t)n * L.rows + r] += sum;
     }
 }
 
@@ -851,47 +849,36 @@ __global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__re
 /* Prep kernels                                                              */
 /* ======================================================================== */
 
-/* batch-1 inputs: per (window w, quarter t) one thread. xg[w][2t + plane][16]
- * halves: plane 0 = fp16(x / sigma), plane 1 = fp16(x / sigma - plane 0),
- * sigma the bit scale of the column's duo; zero line at w = nwin. ox[w][t]
- * (x G8 halves) = (1024 * sum b, sum sigma * b) with b = plane 0 + plane 1.
- * xf: float32 permuted x (outliers). */
+/* batch-1 inputs, one thread per column j of window w, quarter t:
+ * xg[w][2t + plane][16] halves: plane 0 = fp16(x / sigma), plane 1 =
+ * fp16(x / sigma - plane 0), sigma the bit scale of the column's duo; the
+ * window w = nwin is the zero line. ox[w][t] (x 2 halves when ng = 2) =
+ * (1024 * sum b, sum sigma * b) with b = plane 0 + plane 1. xf: float32
+ * permuted x (outliers). */
 __global__ void __launch_bounds__(256) k_prep1(const int32_t *__restrict__ perm, int cols, int cols_pad, int B,
                                                int ng, const float *__restrict__ X, __half *__restrict__ xg,
                                                float2 *__restrict__ ox, float *__restrict__ xf) {
     grid_dep_launch();
-    const int nwin = cols_pad / 64;
-    const int id = blockIdx.x * blockDim.x + threadIdx.x;
-    if (id >= 4 * (nwin + 1)) return;
-    const int w = id >> 2, t = id & 3;
-    __half *d0 = xg + ((size_t)w * 8 + 2 * t) * 16, *d1 = d0 + 16;
-    if (w == nwin) { /* the zero line read by lanes without inputs */
-        for (int i = 0; i < 16; i++) d0[i] = d1[i] = __float2half_rn(0.f);
-        return;
+    const int j = blockIdx.x * blockDim.x + threadIdx.x; /* grid covers cols_pad + 64 exactly */
+    const int nwin = cols_pad / 64, w = j >> 6, t = (j >> 4) & 3, i = j & 15;
+    const float x = j < cols ? __ldg(X + __ldg(perm + j)) : 0.f;
+    const int kt = i >> 2, k = duo_k(B, kt, (i >> 1) & 1);
+    const float sig = (float)(1 << k);
+    const __half hi = __float2half_rn(x / sig);
+    const __half lo = __float2half_rn(x / sig - __half2float(hi));
+    __half *d = xg + ((size_t)w * 8 + 2 * t) * 16 + i;
+    d[0] = hi;
+    d[16] = lo;
+    if (w >= nwin) return; /* zero line: whole warps, no shuffles below for them */
+    xf[j] = x;
+    const float b = __half2float(hi) + __half2float(lo);
+    float o = 1024.f * b, xs = sig * b;
+    const int span = ng == 2 ? 8 : 16;
+    for (int m = 1; m < span; m <<= 1) {
+        o += __shfl_xor_sync(0xffffffffu, o, m);
+        xs += __shfl_xor_sync(0xffffffffu, xs, m);
     }
-    float o[2] = {0.f, 0.f}, xs[2] = {0.f, 0.f};
-    for (int i = 0; i < 16; i++) {
-        const int j = 64 * w + 16 * t + i;
-        const float x = j < cols ? __ldg(X + __ldg(perm + j)) : 0.f;
-        xf[j] = x;
-        const int kt = i >> 2, h = (i >> 1) & 1;
-        const int k = duo_k(B, kt, h);
-        const float inv = 1.0f / (float)(1 << k), sig = (float)(1 << k);
-        const __half hi = __float2half_rn(x * inv);
-        const __half lo = __float2half_rn(x * inv - __half2float(hi));
-        d0[i] = hi;
-        d1[i] = lo;
-        const float b = __half2float(hi) + __half2float(lo);
-        const int part = ng == 2 ? (kt >> 1) : 0;
-        o[part] += 1024.f * b;
-        xs[part] += sig * b;
-    }
-    if (ng == 2) {
-        ox[((size_t)w * 4 + t) * 2] = make_float2(o[0], xs[0]);
-        ox[((size_t)w * 4 + t) * 2 + 1] = make_float2(o[1], xs[1]);
-    } else {
-        ox[(size_t)w * 4 + t] = make_float2(o[0], xs[0]);
-    }
+    if ((i & (span - 1)) == 0) ox[((size_t)w * 4 + t) * ng + (ng == 2 ? (i >> 3) : 0)] = make_float2(o, xs);
 }
 
 /* batch-T inputs: xp[n][j] = xpT[j][n] = fp16(X[n][perm[j]]) for n < T,
@@ -1301,7 +1288,12 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
     }
     const size_t o_codes = 0, o_stats = align256(b_codes), o_stats2 = o_stats + align256(b_stats);
     const size_t o_olptr = o_stats2 + align256(b_stats2), o_ol = o_olptr + align256(b_olptr);
-    const size_t o_perm = o_ol + align256(b_ol), total = o_perm + align256(b_perm);
+    const size_t o_perm = o_ol + align256(b_ol);
+    /* fast layout: the row-ordered outlier copy for the batch-T kernel */
+    const size_t b_orow = L.fast ? ((size_t)q->rows + 1) * 4 : 0, b_ocol = L.fast ? (size_t)q->n_outliers * 4 : 0;
+    const size_t b_oval = L.fast ? (size_t)q->n_outliers * 2 : 0;
+    const size_t o_orow = o_perm + align256(b_perm), o_ocol = o_orow + align256(b_orow);
+    const size_t o_oval = o_ocol + align256(b_ocol), total = o_oval + align256(b_oval);
 
     {
         std::lock_guard<std::mutex> lk(g_mu);
@@ -1344,6 +1336,15 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
         }
     }
     memcpy(h + o_perm, q->perm, b_perm);
+    if (L.fast) {
+        uint32_t *orow = (uint32_t *)(h + o_orow), *ocol = (uint32_t *)(h + o_ocol);
+        uint16_t *oval = (uint16_t *)(h + o_oval);
+        for (int r = 0; r <= q->rows; r++) orow[r] = q->row_ptr ? q->row_ptr[r] : 0;
+        for (int64_t k = 0; k < q->n_outliers; k++) {
+            ocol[k] = q->ol_col[k];
+            oval[k] = q->ol_val[k];
+        }
+    }
 
     void *d = NULL;
     cudaError_t e = cudaMalloc(&d, total);
@@ -1379,6 +1380,11 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
         L.gval = (const float *)(db + o_ol + (size_t)q->n_outliers * 4);
     }
     L.perm = (const int32_t *)(db + o_perm);
+    if (L.fast) {
+        L.orow = (const uint32_t *)(db + o_orow);
+        L.ocol = (const uint32_t *)(db + o_ocol);
+        L.oval = (const uint16_t *)(db + o_oval);
+    }
     w->L = L;
     w->dbuf = d;
     w->bytes = total;
@@ -1427,6 +1433,9 @@ extern "C" spqr_status spqr_cuda_qlinear_clone(const spqr_cuda_qlinear *w, spqr_
     c->L.grow = (const uint32_t *)mv(w->L.grow);
     c->L.gcol = (const uint32_t *)mv(w->L.gcol);
     c->L.gval = (const float *)mv(w->L.gval);
+    c->L.orow = (const uint32_t *)mv(w->L.orow);
+    c->L.ocol = (const uint32_t *)mv(w->L.ocol);
+    c->L.oval = (const uint16_t *)mv(w->L.oval);
     c->dbuf = d;
     *out = c;
     return SPQR_OK;
@@ -1610,8 +1619,6 @@ extern "C" int spqr_cuda_qgemm_auto_split(const spqr_cuda_qlinear *W, int n_tok)
     return pick_split(W->L, ki->bps);
 }
 
-static bool g_outl_init;
-
 extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const float *dX, int n_tok, float *dY,
                                           const spqr_cuda_qgemm_opts *opts) {
     if (!W) return spqr_fail(SPQR_ERR_INVALID_ARG, "qgemm: layer is NULL");
@@ -1684,7 +1691,7 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
             A.xg = (const uint4 *)xb;
             A.ox = (const float2 *)(xb + b_xg);
             A.xf = (const float *)(xb + b_xg + b_ox);
-            k_prep1<<<ceil_div(4 * (nwin + 1), 256), 256>>>(L.perm, L.cols, L.cols_pad, L.B, L.g8 ? 2 : 1, X,
+            k_prep1<<<(L.cols_pad + 64) / 64, 64>>>(L.perm, L.cols, L.cols_pad, L.B, L.g8 ? 2 : 1, X,
                                                            (__half *)xb, (float2 *)(xb + b_xg),
                                                            (float *)(xb + b_xg + b_ox));
         } else {
@@ -1696,13 +1703,14 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
         st = launch_main(ki->k, dim3(row_blocks, nsplit), !o.no_pdl && ki->pdl, A);
         if (st != SPQR_OK) return st;
         if (!gemv && W->n_ol > 0) {
-            const int sm = 4 * 16 * 64 * 4 * 4; /* 4 warps x [EPI][16][T] floats, EPI * T <= 256 */
-            if (!g_outl_init) {
-                CK(cudaFuncSetAttribute((const void *)k_outliers, cudaFuncAttributeMaxDynamicSharedMemorySize, sm),
-                   "cudaFuncSetAttribute");
-                g_outl_init = true;
+            const __half *xpT = (const __half *)(xb + b_xp);
+            const int grid = ceil_div(L.rows, 4);
+            switch (nt) {
+            case 1: k_outliers<1><<<grid, 128>>>(L, xpT, T, A.Y); break;
+            case 2: k_outliers<2><<<grid, 128>>>(L, xpT, T, A.Y); break;
+            case 4: k_outliers<4><<<grid, 128>>>(L, xpT, T, A.Y); break;
+            default: k_outliers<8><<<grid, 128>>>(L, xpT, T, A.Y); break;
             }
-            k_outliers<<<ceil_div(L.ntiles, 4), 128, sm>>>(L, (const __half *)(xb + b_xp), 8 * nt, T, A.Y);
             CK(cudaGetLastError(), "outlier kernel launch");
         }
         t0 += T;
