@@ -604,16 +604,20 @@ __global__ void __launch_bounds__(WPB * 32) k_gemv(MainArgs A) {
         const uint4 *xg = A.xg + (own ? 2 * s.g : 16 * (L.cols_pad / 64));
         const int xstride = own ? 16 : 0; /* uint4 per window */
         const float2 *ox = A.ox + (size_t)s.t * SC::NG;
-        for (int q = q0; q < q1; q++) {
+        for (int qb = q0; qb < q1; qb += NS) {
+#pragma unroll
+        for (int j = 0; j < NS; j++) { /* stage j holds quad qb + j */
+            const int q = qb + j;
+            if (q >= q1) break;
             const int k = q - q0;
             __syncwarp();
             if (q + NS - 1 < q1)
-                issue_quad<B, SM, G8, true>(wsm + ((k + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, s_off[k + NS - 1],
+                issue_quad<B, SM, G8, true>(wsm + ((j + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, s_off[k + NS - 1],
                                             s_off[k + NS] - s_off[k + NS - 1]);
             cp_commit();
             cp_wait<NS - 1>();
             __syncwarp();
-            const unsigned char *st = wsm + (k % NS) * S::BYTES;
+            const unsigned char *st = wsm + j * S::BYTES;
             uint4 cr[B];
             uint32_t sr[SC::SW];
             read_stage<B, SM, G8>(st, lane, cr, sr);
@@ -651,6 +655,7 @@ __global__ void __launch_bounds__(WPB * 32) k_gemv(MainArgs A) {
                 const int col = q * QCOLS + (int)(en & 255u), row = (int)((en >> 8) & 15u);
                 acc[lane * 17 + row] += h2f(en >> 16) * __ldg(A.xf + col);
             }
+        }
         }
         cp_wait<0>();
     } else {
@@ -776,14 +781,19 @@ __global__ void __launch_bounds__(WPB * 32) k_gemm(MainArgs A) {
             cp_commit();
         }
         grid_dep_wait();
-        for (int q = q0; q < q1; q++) {
+        for (int qb = q0; qb < q1; qb += NS) {
+#pragma unroll
+        for (int j = 0; j < NS; j++) { /* stage j holds quad qb + j */
+            const int q = qb + j;
+            if (q >= q1) break;
             const int k = q - q0;
             __syncwarp();
-            if (q + NS - 1 < q1) issue_quad<B, SM, G8, false>(wsm + ((k + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, 0, 0);
+            if (q + NS - 1 < q1) issue_quad<B, SM, G8, false>(wsm + ((j + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, 0, 0);
             cp_commit();
             cp_wait<NS - 1>();
             __syncwarp();
-            compute_quad<B, SM, G8, NT>(wsm + (k % NS) * S::BYTES, L, lane, g, t, q, A.xp, c);
+            compute_quad<B, SM, G8, NT>(wsm + j * S::BYTES, L, lane, g, t, q, A.xp, c);
+        }
         }
         cp_wait<0>();
     } else {
@@ -805,21 +815,21 @@ __global__ void __launch_bounds__(WPB * 32) k_gemm(MainArgs A) {
     if (split) split_finish(A, blockIdx.x * WPB * 16);
 }
 
-/* Outliers of the batch-T kernel, added to Y after it: one warp per row of
- * the row-ordered copy of the outliers; each lane sums its entries for all
- * tokens in registers, then the lanes' sums are added in a fixed order. */
+/* Outliers of the batch-T kernel, added to Y after it: 8 lanes per row of
+ * the row-ordered copy of the outliers (4 rows per warp); each lane sums its
+ * entries for all tokens in registers, then the 8 lanes' sums are combined
+ * with shuffles (a fixed order). */
 template <int NT>
 __global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__restrict__ xpT, int T,
                                                   float *__restrict__ Y) {
-    __shared__ float red[4][32][8 * NT + 1];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * 4 + warp;
-    if (r >= L.rows) return;
+    const int lane = threadIdx.x & 31, sub = lane & 7;
+    const int r = (blockIdx.x * 128 + threadIdx.x) >> 3;
+    const bool ok = r < L.rows;
     float acc[8 * NT];
 #pragma unroll
     for (int n = 0; n < 8 * NT; n++) acc[n] = 0.f;
-    const uint32_t k1 = __ldg(L.orow + r + 1);
-    for (uint32_t k = __ldg(L.orow + r) + lane; k < k1; k += 32) {
+    const uint32_t k1 = ok ? __ldg(L.orow + r + 1) : 0;
+    for (uint32_t k = (ok ? __ldg(L.orow + r) : 0) + sub; k < k1; k += 8) {
         const uint32_t col = __ldg(L.ocol + k);
         const float v = h2f(__ldg(L.oval + k));
         const uint4 *xr = reinterpret_cast<const uint4 *>(xpT + (size_t)col * (8 * NT));
@@ -836,13 +846,17 @@ __global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__re
         }
     }
 #pragma unroll
-    for (int n = 0; n < 8 * NT; n++) red[warp][lane][n] = acc[n];
-    __syncwarp();
-    for (int n = lane; n < T; n += 32) {
-        float sum = 0.f;
-        for (int l = 0; l < 32; l++) sum += red[warp][l][n];
-        Y[(size_t)n * L.rows + r] += sum;
+    for (int n = 0; n < 8 * NT; n++) {
+        float a = acc[n];
+        a += __shfl_xor_sync(0xffffffffu, a, 1);
+        a += __shfl_xor_sync(0xffffffffu, a, 2);
+        a += __shfl_xor_sync(0xffffffffu, a, 4);
+        acc[n] = a;
     }
+    if (!ok) return;
+#pragma unroll
+    for (int n = 0; n < 8 * NT; n++)
+        if ((n & 7) == sub && n < T) Y[(size_t)n * L.rows + r] += acc[n];
 }
 
 /* ======================================================================== */
@@ -1704,7 +1718,7 @@ extern "C" spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const floa
         if (st != SPQR_OK) return st;
         if (!gemv && W->n_ol > 0) {
             const __half *xpT = (const __half *)(xb + b_xp);
-            const int grid = ceil_div(L.rows, 4);
+            const int grid = ceil_div(L.rows, 16);
             switch (nt) {
             case 1: k_outliers<1><<<grid, 128>>>(L, xpT, T, A.Y); break;
             case 2: k_outliers<2><<<grid, 128>>>(L, xpT, T, A.Y); break;
