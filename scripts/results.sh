@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 SHARED=${SPQR_SHARED:-../shared}
 MODEL=${1:-$SHARED/models/ref-40m}
 WINDOWS=${2:-0}
-SPQR=./build/spqr
+SPQR=${SPQR_BIN:-./build/spqr}
 OUT=${RESULTS_OUT:-docs/RESULTS.md}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -40,29 +40,37 @@ else
 CONFIGS=(
   "RTN w3 g128|rtn|--bits 3 --group-size 128"
   "GPTQ w3 g128|gptq|--bits 3 --group-size 128"
-  "SpQR w3 b1=64 b2=16|spqr|--bits 3 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "SpQR w3 b1=64 b2=16 tau=1.0|spqr|--bits 3 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold 1.0"
   "RTN w3 g64|rtn|--bits 3 --group-size 64"
   "GPTQ w3 g64|gptq|--bits 3 --group-size 64"
-  "SpQR w3 b1=16 b2=16|spqr|--bits 3 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "SpQR w3 b1=32 b2=16 tau=0.5|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.5"
   "RTN w4 g128|rtn|--bits 4 --group-size 128"
   "GPTQ w4 g128|gptq|--bits 4 --group-size 128"
-  "SpQR w4 b1=64 b2=16|spqr|--bits 4 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
-  "RTN w4 g64|rtn|--bits 4 --group-size 64"
-  "GPTQ w4 g64|gptq|--bits 4 --group-size 64"
-  "SpQR w4 b1=16 b2=16|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
+  "SpQR w4 b1=64 b2=16 tau=0.2|spqr|--bits 4 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.2"
+  "RTN w4 g48|rtn|--bits 4 --group-size 48"
+  "GPTQ w4 g48|gptq|--bits 4 --group-size 48"
+  "SpQR w4 b1=b2=16 tau=0.2 (near-lossless config)|spqr|--bits 4 --group-size 16 --stat-group-size 16 --stat-bits 3 --outlier-threshold $TAU"
 )
 fi
 
 jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
 
-eval_all() { # model -> "ppl1 | ppl2 | ..."
-  local row=""
+FP_PPL=""  # perplexity of the fp model per text, for the relative change
+eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
+  local row="" i=0
   for t in $TEXTS; do
     local extra=""
     [ "$WINDOWS" -gt 0 ] && extra="--max-windows $WINDOWS"
     local ppl
     ppl=$($SPQR eval "$1" --data "$SHARED/data/eval/$t" --seqlen $S $extra --json 2>/dev/null | tail -n1 | jget ppl)
-    row="$row $(printf '%.3f' "$ppl") |"
+    i=$((i + 1))
+    local ref
+    ref=$(echo "$FP_PPL" | cut -d' ' -f$i)
+    if [ -n "$ref" ]; then
+      row="$row $(awk "BEGIN{printf \"%.3f (%+.2f%%)\", $ppl, 100*($ppl/$ref-1)}") |"
+    else
+      row="$row $(printf '%.3f' "$ppl") |"
+    fi
   done
   echo "$row"
 }
@@ -75,12 +83,16 @@ eval_all() { # model -> "ppl1 | ppl2 | ..."
   echo "Model: \`$(basename "$MODEL")\`. Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0."
   echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only")."
   echo "Bits are per quantized parameter: *formula* = the paper's count, *file* = real bytes in the .spqr file"
-  echo "(codes, statistics, outliers, permutation, padding)."
+  echo "(codes, statistics, outliers, permutation, padding). Parentheses: change of perplexity against fp."
+  echo "RTN and GPTQ store an fp16 scale and zero per group (32/g bits); SpQR stores 3-bit scale and zero codes"
+  echo "per group of beta1 weights and fp16 second-level statistics per beta2 = 16 rows (bilevel), plus outliers."
   echo
   echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  [ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$(eval_all "$MODEL") - |"
 } > "$WORK/table.md"
+fprow=$(eval_all "$MODEL")
+FP_PPL=$(echo "$fprow" | tr -d '|' | xargs)
+[ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$fprow - |" >> "$WORK/table.md"
 cat "$WORK/table.md" >&2
 
 for c in "${CONFIGS[@]}"; do

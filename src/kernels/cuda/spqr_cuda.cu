@@ -829,21 +829,34 @@ __global__ void __launch_bounds__(128) k_outliers(DevLayer L, const __half *__re
 #pragma unroll
     for (int n = 0; n < 8 * NT; n++) acc[n] = 0.f;
     const uint32_t k1 = ok ? __ldg(L.orow + r + 1) : 0;
-    for (uint32_t k = (ok ? __ldg(L.orow + r) : 0) + sub; k < k1; k += 8) {
-        const uint32_t col = __ldg(L.ocol + k);
-        const float v = h2f(__ldg(L.oval + k));
-        const uint4 *xr = reinterpret_cast<const uint4 *>(xpT + (size_t)col * (8 * NT));
+    /* four entries per lane and step, their loads issued before any use */
+    for (uint32_t k = (ok ? __ldg(L.orow + r) : 0) + sub; k < k1; k += 32) {
+        uint32_t col[4];
+        float v[4];
 #pragma unroll
-        for (int o = 0; o < NT; o++) {
-            const uint4 xv = __ldg(xr + o);
-            const uint32_t hh[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&hh[i]));
-                acc[8 * o + 2 * i] = fmaf(v, f.x, acc[8 * o + 2 * i]);
-                acc[8 * o + 2 * i + 1] = fmaf(v, f.y, acc[8 * o + 2 * i + 1]);
-            }
+        for (int u = 0; u < 4; u++) {
+            const uint32_t kk = k + 8 * u;
+            col[u] = kk < k1 ? __ldg(L.ocol + kk) : 0u;
+            v[u] = kk < k1 ? h2f(__ldg(L.oval + kk)) : 0.f;
         }
+        uint4 xv[4][NT];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int o = 0; o < NT; o++)
+                xv[u][o] = __ldg(reinterpret_cast<const uint4 *>(xpT + (size_t)col[u] * (8 * NT)) + o);
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int o = 0; o < NT; o++) {
+                const uint32_t hh[4] = {xv[u][o].x, xv[u][o].y, xv[u][o].z, xv[u][o].w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&hh[i]));
+                    acc[8 * o + 2 * i] = fmaf(v[u], f.x, acc[8 * o + 2 * i]);
+                    acc[8 * o + 2 * i + 1] = fmaf(v[u], f.y, acc[8 * o + 2 * i + 1]);
+                }
+            }
     }
 #pragma unroll
     for (int n = 0; n < 8 * NT; n++) {
