@@ -34,10 +34,11 @@ test-asan: deps
 
 fuzz: deps
 	CC=clang cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=Debug -DSPQR_FUZZ=ON -DSPQR_CUDA=OFF >/dev/null
-	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_container
-	mkdir -p $(BUILD)-fuzz/corpus
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_container fuzz_packed
+	mkdir -p $(BUILD)-fuzz/corpus $(BUILD)-fuzz/corpus-packed
 	SPQR_FUZZ_SEED_DIR=$(BUILD)-fuzz/corpus $(BUILD)-fuzz/fuzz_container -runs=0 $(BUILD)-fuzz/corpus
 	$(BUILD)-fuzz/fuzz_container -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus
+	$(BUILD)-fuzz/fuzz_packed -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus-packed
 
 demo: build
 	./$(BUILD)/spqr eval $(MODEL) --data $(SHARED)/data/eval/ptb_test.txt --seqlen 512
