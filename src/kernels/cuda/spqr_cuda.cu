@@ -44,6 +44,8 @@ struct DevLayer {
     int m1;      /* beta1 == 16 (group of quarter = window quarter index)    */
     uint32_t gmagic; /* G = umulhi(4w + t, gmagic) when beta1 = 16m, m > 1   */
     int sw;      /* statistic words per lane per quad                        */
+    int ng2;     /* row stride of stats2: groups padded so every quad's index is valid */
+    int s2step;  /* groups per quad when that is an integer (else 0)          */
     const uint4 *codes;     /* fast: [ntiles][nquads][B][32] uint4          */
     const uint32_t *stats;  /* fast: per (tile, quad): see stat_word_index   */
     const uint2 *stats2;    /* fast BIL4: [nrb][ngroups]                     */
@@ -391,7 +393,10 @@ struct Stage {
     static constexpr int STATS2 = STATS + SW * 128;
     static constexpr int ENT = STATS2 + (SM == SM_BIL4 ? 4 * S2 * 8 : 0);
     static constexpr int BYTES = ENT + OL_CAP * 4;
-    static constexpr int NS = 3; /* stages: two quads in flight while one is computed */
+#ifndef SPQR_CUDA_NS
+#define SPQR_CUDA_NS 3
+#endif
+    static constexpr int NS = SPQR_CUDA_NS; /* stages: NS - 1 quads in flight while one is computed */
 };
 template <int B, int SM, bool G8>
 struct WarpSmem {
@@ -420,10 +425,11 @@ __device__ __forceinline__ void cp_wait() {
 /* per-lane constants and source pointers of one warp's tile */
 template <int B, int SM, bool G8>
 struct Src {
-    const uint4 *codes;   /* this lane's first code vector of quad 0      */
-    const uint32_t *stats;/* this lane's first stat word (vector) of quad 0 */
-    const uint2 *s2;      /* stats2 row of this lane's row block          */
-    int lane, g, t;
+    const uint4 *codes;   /* this lane's first code vector of quad 0          */
+    const uint32_t *stats;/* this lane's first stat word (vector) of quad 0   */
+    const uint2 *s2;      /* stats2 entry this lane copies, at quad 0          */
+    const uint2 *s2row;   /* stats2 row of the tile's row block                */
+    int lane, g, t, s2wi, s2t, s2grp;
 };
 
 template <int B, int SM, bool G8>
@@ -435,8 +441,17 @@ __device__ __forceinline__ void src_init(Src<B, SM, G8> &s, const DevLayer &L, i
     s.codes = L.codes + (size_t)tile * L.nquads * B * 32 + lane;
     if (SC::SW == 2) s.stats = L.stats + ((size_t)tile * L.nquads * 32 + lane) * 2;
     else s.stats = L.stats + ((size_t)tile * L.nquads * (SC::SW / 4) * 32 + lane) * 4;
-    s.s2 = NULL;
-    if (SM == SM_BIL4) s.s2 = L.stats2 + (size_t)min((16 * tile + s.g) / L.beta2, L.nrb - 1) * L.ngroups;
+    s.s2 = s.s2row = NULL;
+    s.s2wi = lane / (4 * SC::NG);
+    s.s2t = (lane / SC::NG) & 3;
+    s.s2grp = lane % SC::NG;
+    if (SM == SM_BIL4) {
+        s.s2row = L.stats2 + (size_t)min((16 * tile + s.g) / L.beta2, L.nrb - 1) * L.ng2;
+        /* quad 0's group, unclamped (stats2 rows are padded to every quad's groups) */
+        const int G0 = L.g8 ? 8 * s.s2wi + 2 * s.s2t + s.s2grp : L.m1 ? 4 * s.s2wi + s.s2t
+                                                                        : (int)__umulhi(4 * s.s2wi + s.s2t, L.gmagic);
+        s.s2 = s.s2row + G0;
+    }
 }
 
 /* issue the asynchronous copies of quad q into stage memory st; the outlier
@@ -458,13 +473,11 @@ __device__ __forceinline__ void issue_quad(unsigned char *st, const DevLayer &L,
 #pragma unroll
         for (int i = 0; i < SC::SW / 4; i++) cp16(ss + i * 32, sg + i * 128);
     }
-    if (SM == SM_BIL4) { /* second-level statistics: entry i = (window, quarter, group) of the quad */
-        const int i = s.lane;
-        if (i < 4 * SC::S2) {
-            const int wi = i / (4 * SC::NG), t = (i / SC::NG) & 3, grp = i % SC::NG;
-            uint2 *d2 = reinterpret_cast<uint2 *>(st + S::STATS2) + t * SC::S2 + wi * SC::NG + grp;
-            cp8(d2, s.s2 + group_of(L, 4 * q + wi, t, grp));
-        }
+    if (SM == SM_BIL4 && s.lane < 4 * SC::S2) { /* second-level statistics: lane = (window, quarter, group) */
+        uint2 *d2 = reinterpret_cast<uint2 *>(st + S::STATS2) + s.s2t * SC::S2 + s.s2wi * SC::NG + s.s2grp;
+        const uint2 *src = L.s2step ? s.s2 + (size_t)q * L.s2step
+                                    : s.s2row + group_of(L, 4 * q + s.s2wi, s.s2t, s.s2grp);
+        cp8(d2, src);
     }
     if (OL) {
         uint32_t *es = reinterpret_cast<uint32_t *>(st + S::ENT);
@@ -497,8 +510,12 @@ __device__ __forceinline__ void read_stage(const unsigned char *st, int lane, ui
     }
 }
 
-/* exact float of a small unsigned integer (< 2^23) without I2F */
-__device__ __forceinline__ float u2f(uint32_t v) { return __uint_as_float(v | 0x4b000000u) - 8388608.f; }
+/* 1024 + the 4-bit field of x at bit p, as a float (exact): the field lands
+ * on mantissa bits 13..16 of 1024.0f */
+__device__ __forceinline__ float mag1024(uint32_t x, int p) {
+    const uint32_t v = p <= 13 ? x << (13 - p) : x >> (p - 13);
+    return __uint_as_float(lop3_and_or(v, 15u << 13, 0x44800000u));
+}
 
 /* first-level statistics (scale, -zero) of row half h (rows g / g+8), group
  * grp of the lane's quarter in window wi, in float32 (exact for BIL4, as
@@ -512,8 +529,9 @@ __device__ __forceinline__ float2 stats_f32(const uint32_t (&sr)[StatCfg<SM, G8>
         const uint2 q2 = s2q[G8 ? 2 * wi + grp : wi];
         const float2 z2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.x)); /* s2_zero, z2_zero */
         const float2 c2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.y)); /* s2_scale, -z2_scale */
-        const float sc = u2f((x >> base) & 15u), zc = u2f((x >> (base + 16)) & 15u);
-        return make_float2(c2.x * (sc - z2.x), c2.y * (zc - z2.y));
+        /* 1024 + code as a float: the 4-bit field moved to mantissa bit 13 of 1024.0f */
+        const float sc = mag1024(x, base), zc = mag1024(x, base + 16);
+        return make_float2(c2.x * (sc - (1024.f + z2.x)), c2.y * (zc - (1024.f + z2.y)));
     } else {
         const uint32_t v = sr[G8 ? 4 * wi + 2 * grp + h : 2 * wi + h];
         return __half22float2(*reinterpret_cast<const __half2 *>(&v));
@@ -786,7 +804,6 @@ __global__ void __launch_bounds__(WPB * 32) k_gemm(MainArgs A) {
         for (int j = 0; j < NS; j++) { /* stage j holds quad qb + j */
             const int q = qb + j;
             if (q >= q1) break;
-            const int k = q - q0;
             __syncwarp();
             if (q + NS - 1 < q1) issue_quad<B, SM, G8, false>(wsm + ((j + NS - 1) % NS) * S::BYTES, L, s, q + NS - 1, 0, 0);
             cp_commit();
@@ -953,7 +970,7 @@ __device__ float deq_fast(const DevLayer &L, int r, int j) {
         const uint32_t sc = (sw >> base) & 15u, zc = (sw >> (base + 16)) & 15u;
         const int G = group_of(L, 4 * q + wi, t, grp);
         const int rb = min(r / L.beta2, L.nrb - 1);
-        const uint2 q2 = L.stats2[(size_t)rb * L.ngroups + G];
+        const uint2 q2 = L.stats2[(size_t)rb * L.ng2 + G];
         s = h2f(q2.y) * ((float)sc - h2f(q2.x));
         nz = h2f(q2.y >> 16) * ((float)zc - h2f(q2.x >> 16));
     } else {
@@ -1240,9 +1257,9 @@ static void pack_fast(const spqr_qlayer *q, const DevLayer &L, uint32_t *hc, uin
     /* second-level statistics: x = s2_zero | z2_zero << 16, y = s2_scale | -z2_scale << 16 */
     if (L.smode == SM_BIL4)
         for (int rb = 0; rb < L.nrb; rb++)
-            for (int G = 0; G < L.ngroups; G++) {
+            for (int G = 0; G < L.ngroups; G++) { /* the padding groups stay zero */
                 const size_t si = (size_t)G * L.nrb + rb;
-                h2[(size_t)rb * L.ngroups + G] =
+                h2[(size_t)rb * L.ng2 + G] =
                     make_uint2((uint32_t)q->s2_zero[si] | ((uint32_t)q->z2_zero[si] << 16),
                                (uint32_t)q->s2_scale[si] | ((uint32_t)(q->z2_scale[si] ^ 0x8000u) << 16));
             }
@@ -1295,6 +1312,12 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
     L.m1 = q->beta1 == 16;
     if (L.fast && !L.g8 && !L.m1) L.gmagic = (uint32_t)((0x100000000ull / (uint64_t)(q->beta1 / 16)) + 1);
     const bool bil4 = q->beta2 > 0 && q->beta2 % 16 == 0 && q->sbits <= 4 && q->zbits <= 4;
+    if (L.fast) {
+        const int m = L.g8 ? 1 : q->beta1 / 16;
+        L.ng2 = L.g8 ? 32 * L.nquads : (16 * L.nquads - 1) / m + 1;
+        L.s2step = L.g8 ? 32 : (16 % m == 0 ? 16 / m : 0);
+        if (L.ng2 < L.ngroups) L.ng2 = L.ngroups;
+    }
     L.smode = bil4 ? SM_BIL4 : SM_F16;
     L.sw = (bil4 ? 2 : 8) * (L.g8 ? 2 : 1);
     const int exact = !L.fast || bil4 || q->beta2 == 0;
@@ -1304,7 +1327,7 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
     if (L.fast) {
         b_codes = (size_t)L.ntiles * L.nquads * L.B * 512;
         b_stats = (size_t)L.ntiles * L.nquads * L.sw * 128;
-        b_stats2 = bil4 ? (size_t)L.nrb * L.ngroups * 8 : 0;
+        b_stats2 = bil4 ? (size_t)L.nrb * L.ng2 * 8 : 0;
         b_olptr = ((size_t)L.ntiles * L.nquads + 1) * 4;
         b_ol = (size_t)q->n_outliers * 4;
     } else {
