@@ -394,9 +394,9 @@ struct Stage {
     static constexpr int ENT = STATS2 + (SM == SM_BIL4 ? 4 * S2 * 8 : 0);
     static constexpr int BYTES = ENT + OL_CAP * 4;
 #ifndef SPQR_CUDA_NS
-#define SPQR_CUDA_NS 3
+#define SPQR_CUDA_NS 2
 #endif
-    static constexpr int NS = SPQR_CUDA_NS; /* stages: NS - 1 quads in flight while one is computed */
+    static constexpr int NS = SPQR_CUDA_NS; /* stages: NS - 1 quads in flight while one is computed (2 measured best on H200) */
 };
 template <int B, int SM, bool G8>
 struct WarpSmem {
@@ -510,11 +510,9 @@ __device__ __forceinline__ void read_stage(const unsigned char *st, int lane, ui
     }
 }
 
-/* 1024 + the 4-bit field of x at bit p, as a float (exact): the field lands
- * on mantissa bits 13..16 of 1024.0f */
-__device__ __forceinline__ float mag1024(uint32_t x, int p) {
-    const uint32_t v = p <= 13 ? x << (13 - p) : x >> (p - 13);
-    return __uint_as_float(lop3_and_or(v, 15u << 13, 0x44800000u));
+/* the 4-bit field of x at bit p as a float, exactly, without I2F */
+__device__ __forceinline__ float u2f4(uint32_t x, int p) {
+    return __uint_as_float(lop3_and_or(x >> p, 15u, 0x4b000000u)) - 8388608.f;
 }
 
 /* first-level statistics (scale, -zero) of row half h (rows g / g+8), group
@@ -529,9 +527,9 @@ __device__ __forceinline__ float2 stats_f32(const uint32_t (&sr)[StatCfg<SM, G8>
         const uint2 q2 = s2q[G8 ? 2 * wi + grp : wi];
         const float2 z2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.x)); /* s2_zero, z2_zero */
         const float2 c2 = __half22float2(*reinterpret_cast<const __half2 *>(&q2.y)); /* s2_scale, -z2_scale */
-        /* 1024 + code as a float: the 4-bit field moved to mantissa bit 13 of 1024.0f */
-        const float sc = mag1024(x, base), zc = mag1024(x, base + 16);
-        return make_float2(c2.x * (sc - (1024.f + z2.x)), c2.y * (zc - (1024.f + z2.y)));
+        /* exact: the codes as floats through 2^23 + code, then as qlayer.h defines s and -z */
+        const float sc = u2f4(x, base), zc = u2f4(x, base + 16);
+        return make_float2(c2.x * (sc - z2.x), c2.y * (zc - z2.y));
     } else {
         const uint32_t v = sr[G8 ? 4 * wi + 2 * grp + h : 2 * wi + h];
         return __half22float2(*reinterpret_cast<const __half2 *>(&v));
