@@ -40,7 +40,7 @@ else
 CONFIGS=(
   "RTN w3 g128|rtn|--bits 3 --group-size 128"
   "GPTQ w3 g128|gptq|--bits 3 --group-size 128"
-  "SpQR w3 b1=64 b2=16 tau=1.0|spqr|--bits 3 --group-size 64 --stat-group-size 16 --stat-bits 3 --outlier-threshold 1.0"
+  "SpQR w3 b1=32 b2=16 tau=1.5|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 1.5"
   "RTN w3 g64|rtn|--bits 3 --group-size 64"
   "GPTQ w3 g64|gptq|--bits 3 --group-size 64"
   "SpQR w3 b1=32 b2=16 tau=0.5|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.5"
