@@ -110,23 +110,22 @@ static inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
  *   B=8: word p/2, byte p%2 (element 1 two bytes higher), sigma 1
  * code_loc returns the word (0..B-1; -1 for the spread pair) and bit. */
 #define B3_SPREAD 15
-/* B=3: word * 8 + slot of pair p (slot 15 = spread) */
-__host__ __device__ static inline int b3_loc(int p) {
-    const int t[16] = {0 * 8 + 0, 0 * 8 + 2, 0 * 8 + 1, 0 * 8 + 4, 0 * 8 + 3, 1 * 8 + 0, 1 * 8 + 1, 1 * 8 + 4,
-                       1 * 8 + 2, 1 * 8 + 3, 2 * 8 + 1, 2 * 8 + 4, 2 * 8 + 0, 2 * 8 + 2, 2 * 8 + 3, B3_SPREAD};
-    return t[p];
+/* B=3: word * 8 + slot of pair p (15 = the spread pair). Written as constant
+ * expressions so that device code with a compile-time p folds them. */
+__host__ __device__ constexpr int b3_loc(int p) {
+    return p == 0 ? 0 : p == 1 ? 2 : p == 2 ? 1 : p == 3 ? 4 : p == 4 ? 3 : p == 5 ? 8 : p == 6 ? 9 : p == 7 ? 12
+         : p == 8 ? 10 : p == 9 ? 11 : p == 10 ? 17 : p == 11 ? 20 : p == 12 ? 16 : p == 13 ? 18 : p == 14 ? 19
+         : B3_SPREAD;
 }
 /* B=2: word * 8 + slot of pair p */
-__host__ __device__ static inline int b2_loc(int p) {
-    const int t[16] = {0 * 8 + 0, 0 * 8 + 3, 0 * 8 + 6, 1 * 8 + 1, 0 * 8 + 5, 1 * 8 + 0, 1 * 8 + 4, 1 * 8 + 6,
-                       1 * 8 + 3, 1 * 8 + 5, 0 * 8 + 2, 0 * 8 + 7, 0 * 8 + 1, 0 * 8 + 4, 1 * 8 + 2, 1 * 8 + 7};
-    return t[p];
+__host__ __device__ constexpr int b2_loc(int p) {
+    return p == 0 ? 0 : p == 1 ? 3 : p == 2 ? 6 : p == 3 ? 9 : p == 4 ? 5 : p == 5 ? 8 : p == 6 ? 12 : p == 7 ? 14
+         : p == 8 ? 11 : p == 9 ? 13 : p == 10 ? 2 : p == 11 ? 7 : p == 12 ? 1 : p == 13 ? 4 : p == 14 ? 10 : 15;
 }
 /* bit scale (log2 sigma) at which a slot is read */
-__host__ __device__ static inline int b3_slot_k(int slot) { return (slot == 1 || slot == 4) ? 3 : 0; }
-__host__ __device__ static inline int b2_slot_k(int slot) {
-    const int k[8] = {0, 2, 4, 0, 2, 0, 2, 4};
-    return k[slot];
+__host__ __device__ constexpr int b3_slot_k(int slot) { return (slot == 1 || slot == 4) ? 3 : 0; }
+__host__ __device__ constexpr int b2_slot_k(int slot) {
+    return (slot == 0 || slot == 3 || slot == 5) ? 0 : (slot == 1 || slot == 4 || slot == 6) ? 2 : 4;
 }
 /* log2 of the bit scale sigma of duo (kt, h) */
 __host__ __device__ static inline int duo_k(int B, int kt, int h) {
@@ -299,17 +298,6 @@ __device__ __forceinline__ uint32_t unbias(uint32_t v) {
     const uint32_t sc = (uint32_t)(15 - K) << 10, off = 0x8000u | ((uint32_t)(25 - K) << 10);
     return hfma2u(v, sc | (sc << 16), off | (off << 16));
 }
-/* compile-time slot tables as switches (always folded) */
-__device__ __forceinline__ constexpr int d_b3_loc(int p) {
-    return p == 0 ? 0 : p == 1 ? 2 : p == 2 ? 1 : p == 3 ? 4 : p == 4 ? 3 : p == 5 ? 8 : p == 6 ? 9 : p == 7 ? 12
-         : p == 8 ? 10 : p == 9 ? 11 : p == 10 ? 17 : p == 11 ? 20 : p == 12 ? 16 : p == 13 ? 18 : p == 14 ? 19
-         : B3_SPREAD;
-}
-__device__ __forceinline__ constexpr int d_b2_loc(int p) {
-    return p == 0 ? 0 : p == 1 ? 3 : p == 2 ? 6 : p == 3 ? 9 : p == 4 ? 5 : p == 5 ? 8 : p == 6 ? 12 : p == 7 ? 14
-         : p == 8 ? 11 : p == 9 ? 13 : p == 10 ? 2 : p == 11 ? 7 : p == 12 ? 1 : p == 13 ? 4 : p == 14 ? 10 : 15;
-}
-
 /* pair p of window wi as half2(1024 + sigma*c) ("raw"); *k = log2(sigma) */
 template <int B>
 __device__ __forceinline__ uint32_t pair_raw(const uint4 (&c)[B], int wi, int p, int *k) {
@@ -319,7 +307,7 @@ __device__ __forceinline__ uint32_t pair_raw(const uint4 (&c)[B], int wi, int p,
         *k = (r >> 1) ? 4 : 0;
         return lop3_and_or((r & 1) ? q >> 8 : q, (r >> 1) ? 0x00f000f0u : 0x000f000fu, MAGIC16);
     } else if (B == 3) {
-        const int l = d_b3_loc(p);
+        const int l = b3_loc(p);
         if (l == B3_SPREAD) {
             uint32_t v = lop3_and_or(cword<B>(c, wi * 3 + 0) >> 15, 0x00010001u, MAGIC16);
             v = lop3_and_or(cword<B>(c, wi * 3 + 1) >> 14, 0x00020002u, v);
@@ -328,14 +316,14 @@ __device__ __forceinline__ uint32_t pair_raw(const uint4 (&c)[B], int wi, int p,
         }
         const uint32_t q = cword<B>(c, wi * 3 + (l >> 3));
         const int s = l & 7;
-        *k = (s == 1 || s == 4) ? 3 : 0;
+        *k = b3_slot_k(s);
         const uint32_t src = s <= 1 ? q : s == 2 ? q >> 6 : q >> 9;
         return lop3_and_or(src, (s == 1 || s == 4) ? 0x00380038u : 0x00070007u, MAGIC16);
     } else if (B == 2) {
-        const int l = d_b2_loc(p);
+        const int l = b2_loc(p);
         const uint32_t q = cword<B>(c, wi * 2 + (l >> 3));
         const int s = l & 7;
-        const int kk = (s == 0 || s == 3 || s == 5) ? 0 : (s == 1 || s == 4 || s == 6) ? 2 : 4;
+        const int kk = b2_slot_k(s);
         *k = kk;
         const uint32_t src = s <= 2 ? q : s <= 4 ? q >> 6 : q >> 10;
         return lop3_and_or(src, 0x00030003u << kk, MAGIC16);
@@ -345,7 +333,6 @@ __device__ __forceinline__ uint32_t pair_raw(const uint4 (&c)[B], int wi, int p,
         return prmt(w, 0x64646464u, (p & 1) ? 0x4341u : 0x4240u);
     }
 }
-template <int K>
 __device__ __forceinline__ uint32_t unbias_k(uint32_t v, int k) {
     return k == 0 ? unbias<0>(v) : k == 2 ? unbias<2>(v) : k == 3 ? unbias<3>(v) : unbias<4>(v);
 }
@@ -363,7 +350,7 @@ __device__ __forceinline__ void decode_kt(const uint4 (&c)[B], int wi, int kt, u
     for (int r = 0; r < 4; r++) {
         int k;
         const uint32_t v = pair_raw<B>(c, wi, 4 * kt + r, &k);
-        a[r] = unbias_k<0>(v, k);
+        a[r] = unbias_k(v, k);
     }
 }
 
