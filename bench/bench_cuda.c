@@ -57,20 +57,7 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static void layer_free(spqr_qlayer *q) {
-    free(q->perm);
-    free(q->codes);
-    free(q->scale_code);
-    free(q->zero_code);
-    free(q->s2_scale);
-    free(q->s2_zero);
-    free(q->z2_scale);
-    free(q->z2_zero);
-    free(q->row_ptr);
-    free(q->ol_col);
-    free(q->ol_val);
-    memset(q, 0, sizeof *q);
-}
+static void layer_free(spqr_qlayer *q) { spqr_qlayer_free(q); }
 
 static double g_ol_frac = 0.01;
 /* random SpQR layer: beta1 = beta2 = 16, 3-bit stats, 1% outliers */

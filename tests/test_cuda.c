@@ -55,7 +55,7 @@ static int have_gpu(void) {
     return g_have_gpu;
 }
 
-/* ---- test-local random layers (spqr_qlayer_alloc may not exist yet) ----- */
+/* ---- random layers ------------------------------------------------------ */
 
 typedef struct cfg {
     int rows, cols, wbits, beta1, beta2, sbits, zbits;
@@ -64,22 +64,7 @@ typedef struct cfg {
 
 static uint16_t h(float f) { return spqr_f32_to_f16(f); }
 
-static void layer_free(spqr_qlayer *q) {
-    free(q->perm);
-    free(q->codes);
-    free(q->scale_code);
-    free(q->zero_code);
-    free(q->s2_scale);
-    free(q->s2_zero);
-    free(q->z2_scale);
-    free(q->z2_zero);
-    free(q->scale_f16);
-    free(q->zero_f16);
-    free(q->row_ptr);
-    free(q->ol_col);
-    free(q->ol_val);
-    memset(q, 0, sizeof *q);
-}
+static void layer_free(spqr_qlayer *q) { spqr_qlayer_free(q); }
 
 static void layer_random(spqr_qlayer *q, const cfg *c) {
     memset(q, 0, sizeof *q);
