@@ -271,36 +271,26 @@ __device__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024). */
-__device__ float block_sum(float v, float *red) {
+/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024); red holds
+ * one value per warp. */
+template <typename T, typename W>
+__device__ T block_reduce(T v, T *red, T neutral, W warp_op) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_op(v);
     __syncthreads();
     if (lane == 0) red[w] = v;
     __syncthreads();
-    v = lane < nw ? red[lane] : 0.0f;
-    v = warp_sum(v);
-    return v;
+    v = lane < nw ? red[lane] : neutral;
+    return warp_op(v);
+}
+__device__ float block_sum(float v, float *red) {
+    return block_reduce(v, red, 0.0f, [](float x) { return warp_sum(x); });
 }
 __device__ float block_max(float v, float *red) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : -INFINITY;
-    v = warp_max(v);
-    return v;
+    return block_reduce(v, red, -INFINITY, [](float x) { return warp_max(x); });
 }
 __device__ double block_sum_d(double v, double *red) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum_d(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : 0.0;
-    v = warp_sum_d(v);
-    return v;
+    return block_reduce(v, red, 0.0, [](double x) { return warp_sum_d(x); });
 }
 
 __global__ void k_embed(const float *emb, const int32_t *tok, float *X, int D) {

@@ -1104,16 +1104,7 @@ static void parallel_for(int n, const std::function<void(int, int)> &fn) {
 }
 
 /* (scale, zero) of (row r, group g) exactly as qlayer.h defines them */
-static void host_stats(const spqr_qlayer *q, int r, int g, float *s, float *z) {
-    if (q->beta2 > 0) {
-        const size_t i1 = (size_t)g * q->rows + r, i2 = (size_t)g * q->nrb + r / q->beta2;
-        *s = spqr_f16_to_f32(q->s2_scale[i2]) * ((float)q->scale_code[i1] - spqr_f16_to_f32(q->s2_zero[i2]));
-        *z = spqr_f16_to_f32(q->z2_scale[i2]) * ((float)q->zero_code[i1] - spqr_f16_to_f32(q->z2_zero[i2]));
-    } else {
-        *s = spqr_f16_to_f32(q->scale_f16[(size_t)g * q->rows + r]);
-        *z = spqr_f16_to_f32(q->zero_f16[(size_t)g * q->rows + r]);
-    }
-}
+static void host_stats(const spqr_qlayer *q, int r, int g, float *s, float *z) { spqr_qlayer_group_stats(q, r, g, s, z); }
 
 static spqr_status validate_layer(const spqr_qlayer *q) {
     if (q->rows < 1 || q->cols < 1)
