@@ -211,6 +211,7 @@ static const cfg k_cases[] = {
     {40, 200, 5, 8, 16, 6, 2, 0.02},
     {48, 160, 4, 32, 32, 4, 4, 0.02},
     {100, 64, 3, 16, 48, 3, 3, 0.0},
+    {5, 700, 4, 16, 16, 3, 3, 0.6}, /* > 255 outliers in a row: 16-bit counts */
 };
 #define N_CASES ((int)(sizeof k_cases / sizeof k_cases[0]))
 
@@ -264,19 +265,20 @@ static void test_pack_roundtrip(void **state) {
         int n = spqr_packed_sections(&p, s, SPQR_PACKED_MAX_SECTIONS);
         assert_int_equal(n, q.beta2 > 0 ? 7 : 6);
         size_t total = 0;
+        spqr_packed_geom g;
+        spqr_packed_geometry(&p, &g);
+        uint32_t maxc = 0;
+        for (int r = 0; r < q.rows; r++)
+            if (q.row_ptr[r + 1] - q.row_ptr[r] > maxc) maxc = q.row_ptr[r + 1] - q.row_ptr[r];
+        assert_int_equal(g.ocw, maxc <= 255 ? 1 : (q.cols > 65535 ? 4 : 2)); /* counts as narrow as they fit */
         for (int k = 0; k < n; k++) {
             size_t want = 0;
-            assert_int_equal(spqr_packed_section_bytes(&(spqr_packed_geom){q.rows, q.cols, q.wbits, q.beta1, q.beta2,
-                                                                           q.sbits, q.zbits},
-                                                       s[k].name, q.n_outliers, &want),
-                             SPQR_OK);
+            assert_int_equal(spqr_packed_section_bytes(&g, s[k].name, q.n_outliers, &want), SPQR_OK);
             assert_int_equal(want, s[k].bytes);
             if (s[k].bytes) assert_int_equal((uintptr_t)s[k].data % 64, 0);
             total += s[k].bytes;
         }
         assert_int_equal(total, spqr_packed_bytes(&p));
-        spqr_packed_geom g;
-        spqr_packed_geometry(&p, &g);
         assert_int_equal(spqr_packed_from_sections(&g, s, n, &p2), SPQR_OK);
         assert_int_equal(spqr_unpack(&p2, &v), SPQR_OK);
         assert_same_layer(&q, &v);
@@ -286,6 +288,41 @@ static void test_pack_roundtrip(void **state) {
         ql_free(&u);
         ql_free(&v);
     }
+}
+
+/* Files of model layout 1 store the outlier counts in the index width (ocw
+ * = 0): such sections still read, and give the same layer. */
+static void test_layout1_counts(void **state) {
+    (void)state;
+    tu_seed(21);
+    const cfg c = {37, 70, 3, 16, 16, 3, 3, 0.08};
+    spqr_qlayer q, u;
+    ql_random(&q, &c);
+    spqr_packed p, p1;
+    assert_int_equal(spqr_pack(&q, &p), SPQR_OK);
+    spqr_packed_geom g;
+    spqr_packed_geometry(&p, &g);
+    assert_int_equal(g.ocw, 1);
+    spqr_packed_section s[SPQR_PACKED_MAX_SECTIONS];
+    int n = spqr_packed_sections(&p, s, SPQR_PACKED_MAX_SECTIONS);
+    uint16_t *wide = calloc((size_t)q.rows, sizeof *wide);
+    for (int k = 0; k < n; k++)
+        if (!strcmp(s[k].name, "ol_count")) {
+            for (int r = 0; r < q.rows; r++) wide[r] = ((const uint8_t *)s[k].data)[r];
+            s[k].data = wide;
+            s[k].bytes = (size_t)q.rows * 2;
+        }
+    g.ocw = 0;
+    assert_int_equal(spqr_packed_from_sections(&g, s, n, &p1), SPQR_OK);
+    assert_int_equal(spqr_unpack(&p1, &u), SPQR_OK);
+    assert_same_layer(&q, &u);
+    g.ocw = 3; /* not a width */
+    assert_int_equal(spqr_packed_from_sections(&g, s, n, &(spqr_packed){0}), SPQR_ERR_FORMAT);
+    spqr_packed_free(&p1);
+    spqr_packed_free(&p);
+    ql_free(&u);
+    ql_free(&q);
+    free(wide);
 }
 
 /* Paper formula bits (wbits + (sbits+zbits)/beta1 + 64/(beta1*beta2) + 32 * outlier share) vs packed bytes. */
@@ -447,13 +484,14 @@ static void test_from_sections_rejects(void **state) {
     col[k2] = a;
     col[k2 + 1] = b;
     /* counts */
-    uint16_t *cnt = d.buf[sec_index(&d, "ol_count")];
+    assert_int_equal(g.ocw, 1); /* one-byte counts */
+    uint8_t *cnt = d.buf[sec_index(&d, "ol_count")];
     cnt[0]++;
     expect_format_error(&g, &d, "count sum +1");
     cnt[0]--;
-    cnt[1] = 60000;
+    cnt[1] = 200;
     expect_format_error(&g, &d, "count > cols");
-    cnt[1] = (uint16_t)(q.row_ptr[2] - q.row_ptr[1]);
+    cnt[1] = (uint8_t)(q.row_ptr[2] - q.row_ptr[1]);
     /* perm */
     uint16_t *perm = d.buf[sec_index(&d, "perm")];
     uint16_t p0 = perm[0];
@@ -685,7 +723,8 @@ static void test_dense_gemv(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_pack_roundtrip),    cmocka_unit_test(test_size_budget),
+        cmocka_unit_test(test_pack_roundtrip),    cmocka_unit_test(test_layout1_counts),
+        cmocka_unit_test(test_size_budget),
         cmocka_unit_test(test_pack_rejects),      cmocka_unit_test(test_from_sections_rejects),
         cmocka_unit_test(test_wide),              cmocka_unit_test(test_ref_vs_dense),
         cmocka_unit_test(test_variants),          cmocka_unit_test(test_kernel_api),

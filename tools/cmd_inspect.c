@@ -73,7 +73,7 @@ int cmd_inspect(int argc, char **argv) {
         const cJSON *nm = cJSON_GetObjectItemCaseSensitive(it, "name");
         if (!cJSON_IsString(nm)) continue;
         spqr_packed_geom g = {num(it, "rows"), num(it, "cols"), num(it, "wbits"), num(it, "beta1"),
-                              num(it, "beta2"), num(it, "sbits"), num(it, "zbits")};
+                              num(it, "beta2"), num(it, "sbits"), num(it, "zbits"), num(it, "ocw")};
         size_t bytes = 0;
         int64_t n_ol = 0;
         for (size_t k = 0; k < sizeof k_sections / sizeof *k_sections; k++) {

@@ -129,6 +129,7 @@ spqr_status spqr_mwriter_add_packed(spqr_mwriter *w, int block, int which, const
     cJSON_AddNumberToObject(o, "beta2", g.beta2);
     cJSON_AddNumberToObject(o, "sbits", g.sbits);
     cJSON_AddNumberToObject(o, "zbits", g.zbits);
+    cJSON_AddNumberToObject(o, "ocw", g.ocw);
     cJSON_AddNumberToObject(o, "n_outliers", (double)pk->n_outliers);
     cJSON_AddNumberToObject(o, "bytes", (double)bytes);
     cJSON_AddNumberToObject(o, "formula_bits", fb);
@@ -156,7 +157,7 @@ spqr_status spqr_mwriter_finish(spqr_mwriter *w, const char *provenance_json) {
     const spqr_config *c = &w->m->cfg;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "spqr-model");
-    cJSON_AddNumberToObject(root, "model_format_version", 1);
+    cJSON_AddNumberToObject(root, "model_format_version", SPQR_MODEL_FORMAT_VERSION);
     cJSON *cfg = cJSON_AddObjectToObject(root, "config");
     cJSON_AddStringToObject(cfg, "architecture", "llama");
     cJSON_AddNumberToObject(cfg, "dim", c->dim);

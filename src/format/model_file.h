@@ -21,6 +21,11 @@ spqr_status spqr_mwriter_add_dense(spqr_mwriter *w, int block, int which, const 
 spqr_status spqr_mwriter_finish(spqr_mwriter *w, const char *provenance_json);
 void spqr_mwriter_abort(spqr_mwriter *w);
 
+/* Version of the model layout inside the container (docs/FORMAT.md,
+ * "Metadata keys"): 1 = outlier counts always of the index width, 2 = the
+ * layer key "ocw" gives their width. Readers accept 1..this. */
+#define SPQR_MODEL_FORMAT_VERSION 2
+
 struct spqr_packed_geom;
 /* Paper formula bits per weight for a packed geometry and outlier count. */
 double spqr_geom_formula_bits(const struct spqr_packed_geom *g, int64_t n_outliers);

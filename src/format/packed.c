@@ -14,7 +14,8 @@ static const char *const k_names[S_COUNT] = {"codes",    "stat_codes", "stats2",
 typedef struct derived {
     int64_t G, NRB, T, CW, SW;
     int wide;
-    size_t isz; /* index element size */
+    size_t isz;  /* index element size */
+    size_t ocsz; /* outlier count element size */
 } derived;
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -35,6 +36,9 @@ static spqr_status geom_derive(const spqr_packed_geom *g, derived *d, spqr_statu
     d->SW = g->beta2 > 0 ? ceil_div(d->G * (g->sbits + g->zbits), 32) : 0;
     d->wide = g->cols > 65535;
     d->isz = d->wide ? 4 : 2;
+    if (g->ocw != 0 && g->ocw != 1 && g->ocw != 2 && g->ocw != 4)
+        return spqr_fail(err, "packed layer: outlier count width %d is not 1, 2 or 4 bytes", (int)g->ocw);
+    d->ocsz = g->ocw ? (size_t)g->ocw : d->isz;
     return SPQR_OK;
 }
 
@@ -53,7 +57,7 @@ static bool sec_bytes(const spqr_packed_geom *g, const derived *d, int s, int64_
     case S_STATS2: return spqr_mul_size((size_t)d->NRB * 8, (size_t)d->G, out);
     case S_STATS: return spqr_mul_size((size_t)d->T * 64, (size_t)d->G, out);
     case S_PERM: return spqr_mul_size(d->isz, (size_t)g->cols, out);
-    case S_OL_COUNT: return spqr_mul_size(d->isz, (size_t)g->rows, out);
+    case S_OL_COUNT: return spqr_mul_size(d->ocsz, (size_t)g->rows, out);
     case S_OL_COL: a = d->isz; break;
     case S_OL_VAL: a = 2; break;
     default: return false;
@@ -66,8 +70,8 @@ static size_t sec_align(const derived *d, int s) {
     switch (s) {
     case S_CODES:
     case S_STAT_CODES: return 4;
+    case S_OL_COUNT: return d->ocsz;
     case S_PERM:
-    case S_OL_COUNT:
     case S_OL_COL: return d->isz;
     default: return 2;
     }
@@ -93,6 +97,9 @@ spqr_status spqr_packed_section_bytes(const spqr_packed_geom *g, const char *nam
 static inline uint32_t idx_at(const void *a, int wide, int64_t i) {
     return wide ? ((const uint32_t *)a)[i] : ((const uint16_t *)a)[i];
 }
+static inline uint32_t cnt_at(const void *a, size_t sz, int64_t i) {
+    return sz == 1 ? ((const uint8_t *)a)[i] : sz == 2 ? ((const uint16_t *)a)[i] : ((const uint32_t *)a)[i];
+}
 
 /* Fill p from geometry + the section pointers in data[] (sizes already
  * checked), validating the contents, and rebuild the outlier offsets. */
@@ -112,6 +119,7 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     p->stat_words = d->SW;
     p->n_outliers = n_ol;
     p->wide = d->wide;
+    p->ocsz = (int)d->ocsz;
     p->codes = data[S_CODES];
     p->stat_codes = data[S_STAT_CODES];
     p->stats2 = data[S_STATS2];
@@ -142,7 +150,7 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     int64_t acc = 0;
     rp[0] = 0;
     for (int64_t r = 0; r < R; r++) {
-        uint32_t c = idx_at(p->ol_count, d->wide, r);
+        uint32_t c = cnt_at(p->ol_count, d->ocsz, r);
         if ((int64_t)c > C || acc + (int64_t)c > n_ol) {
             free(rp);
             return spqr_fail(err, "packed layer: outlier count of row %lld (%u) exceeds %s", (long long)r, c,
@@ -233,6 +241,7 @@ void spqr_packed_geometry(const spqr_packed *p, spqr_packed_geom *g) {
     g->beta2 = p->beta2;
     g->sbits = p->sbits;
     g->zbits = p->zbits;
+    g->ocw = p->ocsz;
 }
 
 int spqr_packed_sections(const spqr_packed *p, spqr_packed_section out[], int max) {
@@ -293,10 +302,18 @@ static inline uint32_t get_bits(const uint32_t *base, int lane, int64_t pos, int
 spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     memset(out, 0, sizeof *out);
     if (!q) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: NULL layer");
-    spqr_packed_geom g = {q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits};
+    spqr_packed_geom g = {q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, 0};
     derived d = {0};
     spqr_status st = geom_derive(&g, &d, SPQR_ERR_INVALID_ARG);
     if (st) return st;
+    /* outlier counts in one byte when every row has at most 255 */
+    uint32_t maxc = 0;
+    if (q->row_ptr)
+        for (int64_t r = 0; r < g.rows; r++)
+            if (q->row_ptr[r + 1] >= q->row_ptr[r] && q->row_ptr[r + 1] - q->row_ptr[r] > maxc)
+                maxc = q->row_ptr[r + 1] - q->row_ptr[r];
+    g.ocw = maxc <= 255 ? 1 : (int32_t)d.isz;
+    d.ocsz = (size_t)g.ocw;
     const int bilevel = g.beta2 > 0;
     const int64_t R = g.rows, C = g.cols, G = d.G, NRB = d.NRB, T = d.T;
     if (q->ngroups != G || q->nrb != NRB)
@@ -398,8 +415,9 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     }
     for (int64_t r = 0; r < R; r++) {
         uint32_t c = q->row_ptr[r + 1] - q->row_ptr[r];
-        if (d.wide) ((uint32_t *)buf[S_OL_COUNT])[r] = c;
-        else ((uint16_t *)buf[S_OL_COUNT])[r] = (uint16_t)c;
+        if (d.ocsz == 4) ((uint32_t *)buf[S_OL_COUNT])[r] = c;
+        else if (d.ocsz == 2) ((uint16_t *)buf[S_OL_COUNT])[r] = (uint16_t)c;
+        else ((uint8_t *)buf[S_OL_COUNT])[r] = (uint8_t)c;
     }
     for (int64_t k = 0; k < n_ol; k++) {
         if (d.wide) ((uint32_t *)buf[S_OL_COL])[k] = q->ol_col[k];

@@ -48,7 +48,11 @@
  *                                     padding rows zero
  *   "perm"       I      [C]           permuted column j = original column
  *                                     perm[j]; must be a permutation
- *   "ol_count"   I      [R]           outliers per row (sum = N)
+ *   "ol_count"   OC     [R]           outliers per row (sum = N); OC = uint8
+ *                                     when ocw = 1, uint16 / uint32 when ocw
+ *                                     = 2 / 4, I when ocw = 0 (older files);
+ *                                     spqr_pack writes uint8 whenever every
+ *                                     row has at most 255 outliers
  *   "ol_col"     I      [N]           permuted column of each outlier, sorted
  *                                     by row, then strictly ascending column
  *   "ol_val"     fp16   [N]           residual added to the dense value
@@ -56,15 +60,15 @@
  * offsets are rebuilt in memory at load time. Empty sections (N == 0) have
  * size 0. Exact byte sizes:
  *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*G, stats = 64*T*G,
- *   perm = |I|*C, ol_count = |I|*R, ol_col = |I|*N, ol_val = 2*N.
+ *   perm = |I|*C, ol_count = |OC|*R, ol_col = |I|*N, ol_val = 2*N.
  * Buffers must be aligned to their element size (64 bytes is recommended and
  * is what spqr_pack allocates); writers should start each section on a
  * 64-byte boundary.
  *
  * Size: for beta1 = beta2 = 16, B = 4, sbits = zbits = 3, 512 x 512 with
- * 2621 outliers (1%) this is 164084 bytes vs 162036 by the paper's formula
- * (+1.3%: the permutation and the per-row outlier counts, which the formula
- * omits; +1.6% at B = 3, +0.2% for 4096 x 4096). There is no padding except
+ * 2621 outliers (1%) this is 163572 bytes vs 162036 by the paper's formula
+ * (+0.9%: the permutation and the per-row outlier counts, which the formula
+ * omits; +1.3% at B = 3, +0.1% for 4096 x 4096). There is no padding except
  * the last word of each row stream and the rows of a partial last tile.
  * Compared with the bit-plane layout (one uint16 plane word per bit, column
  * and tile) the size is the same, but decoding one column costs a shift and a
@@ -80,6 +84,7 @@
 
 typedef struct spqr_packed_geom {
     int32_t rows, cols, wbits, beta1, beta2, sbits, zbits;
+    int32_t ocw; /* bytes per outlier count: 1, 2 or 4; 0 = the index width I (files of model layout 1) */
 } spqr_packed_geom;
 
 typedef struct spqr_packed_section {
@@ -97,6 +102,7 @@ typedef struct spqr_packed {
     int64_t stat_words;   /* SW: words per row in "stat_codes" (0 if plain)  */
     int64_t n_outliers;
     int wide;             /* 1: index type uint32 (cols > 65535), else uint16 */
+    int ocsz;             /* bytes per outlier count (1, 2 or 4)                */
 
     /* sections (borrowed from a file or owned, see owned[]) */
     const uint32_t *codes;
@@ -104,7 +110,7 @@ typedef struct spqr_packed {
     const uint16_t *stats2;     /* beta2 > 0  */
     const uint16_t *stats;      /* beta2 == 0 */
     const void *perm;           /* uint16 / uint32 */
-    const void *ol_count;       /* uint16 / uint32 */
+    const void *ol_count;       /* uint8 / uint16 / uint32: ocsz bytes each */
     const void *ol_col;         /* uint16 / uint32 */
     const uint16_t *ol_val;
 

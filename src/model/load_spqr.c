@@ -68,6 +68,9 @@ static spqr_status load_packed(spqr_container *c, const char *path, const cJSON 
         !jint(lj, "beta2", 0, 1 << 30, &g.beta2) || !jint(lj, "sbits", 0, 16, &g.sbits) ||
         !jint(lj, "zbits", 0, 16, &g.zbits))
         return spqr_fail(SPQR_ERR_FORMAT, "%s: bad geometry in the metadata of layer %s", path, base);
+    g.ocw = 0; /* layout 1: counts of the index width */
+    if (cJSON_GetObjectItemCaseSensitive(lj, "ocw") && !jint(lj, "ocw", 0, 4, &g.ocw))
+        return spqr_fail(SPQR_ERR_FORMAT, "%s: bad outlier count width in the metadata of layer %s", path, base);
     if (g.rows != rows || g.cols != cols)
         return spqr_fail(SPQR_ERR_FORMAT, "%s: layer %s is %dx%d but the config implies %dx%d", path, base, g.rows,
                          g.cols, rows, cols);
@@ -110,6 +113,17 @@ spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "spqr-model") != 0 || !cJSON_IsObject(cfg)) {
         cJSON_Delete(root);
         return spqr_fail(SPQR_ERR_FORMAT, "%s: the metadata does not describe a spqr model", path);
+    }
+    int mver = 1;
+    if (cJSON_GetObjectItemCaseSensitive(root, "model_format_version") &&
+        !jint(root, "model_format_version", 1, 1 << 30, &mver)) {
+        cJSON_Delete(root);
+        return spqr_fail(SPQR_ERR_FORMAT, "%s: bad model_format_version", path);
+    }
+    if (mver > SPQR_MODEL_FORMAT_VERSION) {
+        cJSON_Delete(root);
+        return spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: written by a newer spqr (model layout %d); this build reads up to %d",
+                         path, mver, SPQR_MODEL_FORMAT_VERSION);
     }
     spqr_config *k = &m->cfg;
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(cfg, "norm_eps");

@@ -4,7 +4,7 @@
  *
  * The input is read as: 7 geometry bytes (rows, cols, wbits, beta1, beta2,
  * sbits, zbits, each reduced to a small valid-looking range), 2 bytes of
- * outlier count, then the bytes of every section of that geometry in the
+ * outlier count, 1 byte choosing the outlier-count width, then the bytes of every section of that geometry in the
  * order spqr_packed_sections lists them (missing bytes are zero). A layer the
  * reader accepts is multiplied by the scalar reference and by the selected
  * SIMD kernel on one and on three tokens: under ASan/UBSan any out-of-bounds
@@ -28,7 +28,7 @@ static const char *const k_sections[] = {"codes", "stat_codes", "stats2", "stats
                                          "ol_val"};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (size < 9) return 0;
+    if (size < 10) return 0;
     spqr_packed_geom g;
     g.rows = 1 + data[0] % 40;
     g.cols = 1 + data[1] % 80;
@@ -37,8 +37,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g.beta2 = data[4] % 3 == 0 ? 0 : 1 + data[4] % 33;
     g.sbits = 1 + data[5] % 8;
     g.zbits = 1 + data[6] % 8;
+    static const int32_t ocw[4] = {0, 1, 2, 4};
+    g.ocw = ocw[data[9] % 4];
     const int64_t n_ol = (int64_t)(data[7] | data[8] << 8) % (g.rows * g.cols + 2);
-    size_t pos = 9;
+    size_t pos = 10;
     spqr_packed_section sec[8];
     void *buf[8] = {0};
     int nsec = 0;
