@@ -151,6 +151,41 @@ static void test_calib_too_short(void **s) {
     expect_cli_error(opts, "fewer than");
 }
 
+/* NaN in the weights reaches the calibration activations and the Hessian:
+ * quantize stops with a clear error naming it and leaves no file. */
+static void test_nan_hessian(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    char *buf = NULL;
+    size_t n = 0;
+    assert_int_equal(spqr_read_file(tu_shared(MODEL), &buf, &n), SPQR_OK);
+    int32_t hdr[7];
+    memcpy(hdr, buf, sizeof hdr);
+    const int dim = hdr[0], vocab = hdr[5] < 0 ? -hdr[5] : hdr[5];
+    /* the first weight of block 0's attention RMSNorm follows the embeddings */
+    const size_t at = 28 + (size_t)vocab * dim * 4;
+    assert_true(at + 4 <= n);
+    const float nan = NAN;
+    memcpy(buf + at, &nan, 4);
+    char bad[4200], opts[20000];
+    snprintf(bad, sizeof bad, "%s/nan.bin", tu_tmpdir());
+    assert_int_equal(tu_write_file(bad, buf, n), 0);
+    free(buf);
+    char out[4200], tok[4200], calib[4200], *err = NULL;
+    snprintf(out, sizeof out, "%s/nan.spqr", tu_tmpdir());
+    snprintf(tok, sizeof tok, "%s", tu_shared(TOK));
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    snprintf(opts, sizeof opts, "quantize '%s' --tokenizer '%s' --method gptq --group-size 16 --calib '%s' --nsamples 4 --seqlen 64 -o '%s'",
+             bad, tok, calib, out);
+    int rc = tu_run_cli(opts, NULL, &err);
+    printf("  NaN weight -> rc %d: %s", rc, err);
+    assert_true(rc > 0);
+    assert_non_null(strstr(err, "Hessian")); /* the error, not only the load warning */
+    assert_non_null(strstr(err, "NaN"));
+    assert_false(file_exists(out));
+    free(err);
+}
+
 /* Copy a .spqr file through the container API, editing its metadata with
  * edit() and dropping the tensor called drop (if any). */
 static void rewrite(const char *src, const char *dst, void (*edit)(char *), const char *drop) {
@@ -259,6 +294,7 @@ int main(void) {
         cmocka_unit_test(test_spqr_file_matches_simulation), cmocka_unit_test(test_gptq_file_matches_simulation),
         cmocka_unit_test(test_rtn_file_matches_simulation),  cmocka_unit_test(test_bad_bits),
         cmocka_unit_test(test_group_does_not_fit),           cmocka_unit_test(test_calib_too_short),
+        cmocka_unit_test(test_nan_hessian),
         cmocka_unit_test(test_corrupt_model_files),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
