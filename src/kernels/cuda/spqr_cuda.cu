@@ -248,27 +248,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
         : "r"(a[2]), "r"(a[3]), "r"(b1));
 #endif
 }
-/* streaming loads of the weight sections: read once, not kept in L1 */
-__device__ __forceinline__ uint4 ld_stream4(const uint4 *p) {
-    uint4 v;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
-#else
-    v = __ldg(p);
-#endif
-    return v;
-}
-__device__ __forceinline__ uint2 ld_stream2(const uint2 *p) {
-    uint2 v;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-#else
-    v = __ldg(p);
-#endif
-    return v;
-}
 __device__ __forceinline__ void grid_dep_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -527,10 +506,6 @@ __device__ __forceinline__ float2 stats_f32(const uint32_t (&sr)[StatCfg<SM, G8>
 __device__ __forceinline__ void stat_pair(uint32_t v, uint32_t &ss, uint32_t &nsz) {
     ss = prmt(v, v, 0x1010u);
     nsz = hmul2u(ss, prmt(v, v, 0x3232u));
-}
-__device__ __forceinline__ uint32_t f2_to_h2(float2 f) {
-    const __half2 h = __floats2half2_rn(f.x, f.y);
-    return *reinterpret_cast<const uint32_t *>(&h);
 }
 
 /* split-K: partial results are in ws; the last block of a row block sums

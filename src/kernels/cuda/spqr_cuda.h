@@ -41,14 +41,18 @@
  *    beta1 = 8): 4-bit scale codes in the low half, zero codes 16 bits
  *    higher, rows g / g+8 at +0 / +4, windows (or the two groups when
  *    beta1 = 8) at +0 / +8. Second level: uint2 [row block][group] = {s2_zero
- *    | z2_zero << 16, s2_scale | -z2_scale << 16} (fp16 bits).
+ *    | z2_zero << 16, s2_scale | -z2_scale << 16} (fp16 bits), each row
+ *    block padded with zeros to the groups of the padded columns.
  *    Mode F16 (beta2 = 0, or other bilevel settings): per (row, group) a
  *    half2 (scale, -zero) (fp16; for bilevel layers these are the exact
  *    float statistics rounded to fp16), 8 words per (tile, quad, lane)
  *    (16 with beta1 = 8).
  *  - outliers: buckets per (tile, quad), u32 prefix offsets
  *    [ntiles*nquads + 1]; entry = column-in-quad (8 bits) | row-in-tile << 8
- *    | fp16 value << 16 (32 bits per outlier).
+ *    | fp16 value << 16 (32 bits per outlier), read by the batch-1 kernel;
+ *    and a row-ordered copy (u32 offsets [rows + 1], u32 permuted column,
+ *    fp16 value) for the batch-T outlier kernel (device memory only: a
+ *    product reads one of the two).
  *  - perm[cols] (int32), as in qlayer.h.
  *  Storage per weight for wbits = 3/4, beta1 = beta2 = 16, sbits = zbits = 3
  *  with 1% outliers: wbits + 0.5 + 0.25 + 0.32 bits (4-bit stat fields).
@@ -60,19 +64,30 @@
  * ---------------------------------------------------------------------------
  * Kernels
  * ---------------------------------------------------------------------------
- * k_prep gathers X in permuted order as fp16 ([8*NT][cols_pad], zero
- * padded); the main kernel is launched with programmatic dependent launch on
- * sm_90 so its first weight loads overlap the prep. The main kernel
- * (templated on B, statistics mode, beta1 = 8, and NT = 1/2/4/8 n-tiles of 8
- * tokens) streams the weights of two quads ahead in registers, decodes the
- * statistics of a window once per (lane, row, group) into half2 (s, s) and
- * (-s*z, -s*z), turns codes into exact fp16 integers, dequantizes with one
- * HFMA2 per two weights (w = c*s - s*z, rounded to fp16) and multiplies
- * with mma.m16n8k16 against fp16 inputs, fp32 accumulation: the numerics of a
- * cuBLAS fp16 GEMM (about 1e-3 relative). Outliers are added per (tile,
- * quad) bucket with shared-memory atomics. Split-K over quad ranges is
- * reduced deterministically (the last block of a row block sums the
- * partials in split order). Inputs must be finite with |x| < 65504.
+ * Both tensor-core kernels give each warp one 16-row tile and a range of
+ * quads (split-K, reduced deterministically: the last block of a row block
+ * sums the partials in split order), and stream the tile's data through a
+ * cp.async pipeline in shared memory (2 stages; each lane copies exactly
+ * the bytes it later reads). A prep kernel permutes the inputs first; the
+ * main kernel is launched with programmatic dependent launch on sm_90, so its
+ * first copies overlap the prep. Inputs must be finite with |x| < 65504.
+ *  - batch 1 (k_gemv, also GEMV for any n_tok, one token per pass): the B
+ *    column n = 2t + plane holds quarter t's inputs (plane 0: fp16(x/sigma),
+ *    plane 1: the fp16 remainder), zero elsewhere, so C[row][2t + plane] is
+ *    the raw dot product of the lane's own quarter; A holds the raw fields
+ *    1024 + sigma*c (one LOP3 per two codes); per (row, group)
+ *    y += s * (dot - 1024 * sum(b) - z * sum(sigma * b)) in float32 with the
+ *    statistics decoded exactly in float32. Outliers are summed per lane in
+ *    private shared-memory accumulators from the staged (tile, quad)
+ *    buckets. About 1e-4 relative to the exact result (the fp32 sums carry
+ *    the 1024 offset).
+ *  - batch T (k_gemm, GEMM, 8/16/32/64 tokens per pass): statistics decoded
+ *    per (lane, row, group) into half2 (s, s) and (-s*z, -s*z), codes turned
+ *    into exact fp16 integers and dequantized with one HFMA2 per two weights
+ *    (w = c*s - s*z, rounded to fp16), mma against fp16 inputs with fp32
+ *    accumulation: the numerics of a cuBLAS fp16 GEMM (about 1e-3 relative).
+ *    The outliers are added afterwards by a small kernel over a row-ordered
+ *    copy (8 lanes per row, register sums, no atomics).
  * The reference kernel (one thread per row and token, float32 weights
  * exactly as qlayer.h defines them, double accumulation) reads either
  * layout.
