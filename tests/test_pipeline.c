@@ -222,6 +222,26 @@ static void edit_rows(char *m) { /* first layer claims other rows than the confi
     p[7] = p[7] == '9' ? '1' : (char)(p[7] + 1);
 }
 
+static void edit_ocw(char *m) { /* first layer: an outlier count width that does not exist */
+    char *p = strstr(m, "\"layers\"");
+    assert_non_null(p);
+    p = strstr(p, "\"ocw\":1");
+    assert_non_null(p);
+    p[6] = '3';
+}
+static void edit_ocw_width(char *m) { /* first layer: 2-byte counts, but the section holds 1-byte ones */
+    char *p = strstr(m, "\"layers\"");
+    assert_non_null(p);
+    p = strstr(p, "\"ocw\":1");
+    assert_non_null(p);
+    p[6] = '2';
+}
+static void edit_version(char *m) { /* a model layout from the future */
+    char *p = strstr(m, "\"model_format_version\":2");
+    assert_non_null(p);
+    p[23] = '9';
+}
+
 static void test_corrupt_model_files(void **s) {
     (void)s;
     if (!tu_have_shared(MODEL)) return;
@@ -245,6 +265,8 @@ static void test_corrupt_model_files(void **s) {
         {edit_rows, NULL, "blk.0.q_proj"},
         {NULL, "blk.2.up_proj.codes", "blk.2.up_proj.codes"},
         {NULL, "blk.1.o_proj.perm", "blk.1.o_proj.perm"},
+        {edit_ocw, NULL, "outlier count width 3"},
+        {edit_ocw_width, NULL, "ol_count"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         rewrite(good, bad, cases[i].edit, cases[i].drop);
@@ -255,6 +277,15 @@ static void test_corrupt_model_files(void **s) {
         assert_null(q);
         assert_non_null(strstr(spqr_last_error(), "corrupt.spqr"));
         assert_non_null(strstr(spqr_last_error(), cases[i].needle));
+    }
+    { /* a newer model layout is refused by name, not misread */
+        rewrite(good, bad, edit_version, NULL);
+        spqr_model *q = NULL;
+        spqr_status st = spqr_model_load(bad, NULL, &q);
+        printf("  future layout -> %s: %s\n", spqr_status_string(st), spqr_last_error());
+        assert_int_equal(st, SPQR_ERR_UNSUPPORTED);
+        assert_null(q);
+        assert_non_null(strstr(spqr_last_error(), "newer spqr"));
     }
     /* a flipped code byte: loads (codes are not range-checked) but --verify names the tensor */
     rewrite(good, bad, NULL, NULL);
