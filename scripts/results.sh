@@ -8,7 +8,9 @@
 # RESULTS_SET=tau runs the outlier-threshold ablation instead (write it with
 # RESULTS_OUT=docs/RESULTS_TAU.md).
 # WINDOWS (default 0 = all) caps the number of seqlen-512 windows scored per
-# text; the table says when a cap was used. Needs a release build in build/.
+# text; the table says when a cap was used. EVAL_ARGS adds options to every
+# `spqr eval` (e.g. EVAL_ARGS=--gpu on a machine with a CUDA device; the table
+# says so). Needs a release build in build/ (or SPQR_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SPQR_SHARED:-../shared}
@@ -23,6 +25,7 @@ TEXTS="corpus_valid.txt wikitext2_test.raw ptb_test.txt c4_sample.utf8"
 S=512
 TAU=${TAU:-0.2}
 
+EVAL_ARGS=${EVAL_ARGS:-}
 SET=${RESULTS_SET:-main}   # main: the method comparison; tau: outlier-threshold ablation
 # name | method | options
 if [ "$SET" = tau ]; then
@@ -62,7 +65,8 @@ eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
     local extra=""
     [ "$WINDOWS" -gt 0 ] && extra="--max-windows $WINDOWS"
     local ppl
-    ppl=$($SPQR eval "$1" --data "$SHARED/data/eval/$t" --seqlen $S $extra --json 2>/dev/null | tail -n1 | jget ppl)
+    # shellcheck disable=SC2086
+    ppl=$($SPQR eval "$1" --data "$SHARED/data/eval/$t" --seqlen $S $extra $EVAL_ARGS --json 2>/dev/null | tail -n1 | jget ppl)
     i=$((i + 1))
     local ref
     ref=$(echo "$FP_PPL" | cut -d' ' -f$i)
@@ -82,6 +86,9 @@ eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
   echo
   echo "Model: \`$(basename "$MODEL")\`. Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0."
   echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only")."
+  case " $EVAL_ARGS " in
+    *" --gpu "*) echo "Quantized on the CPU ($(nproc) cores); evaluated with \`spqr eval --gpu\` on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "a CUDA device")." ;;
+  esac
   echo "Bits are per quantized parameter: *formula* = the paper's count, *file* = real bytes in the .spqr file"
   echo "(codes, statistics, outliers, permutation, padding). Parentheses: change of perplexity against fp."
   echo "RTN and GPTQ store an fp16 scale and zero per group (32/g bits); SpQR stores 3-bit scale and zero codes"

@@ -366,6 +366,11 @@ static void test_device(void **state) {
     size_t f = 0, t = 0;
     assert_int_equal(spqr_cuda_mem_info(&f, &t), SPQR_OK);
     assert_true(f > 0 && t >= f);
+    setenv("SPQR_GPU_MEMORY_MIB", "100", 1); /* the cap applies to the free figure only */
+    size_t f2 = 0, t2 = 0;
+    assert_int_equal(spqr_cuda_mem_info(&f2, &t2), SPQR_OK);
+    unsetenv("SPQR_GPU_MEMORY_MIB");
+    assert_true(f2 <= (size_t)100 << 20 && t2 == t);
 }
 
 /* every wbits x beta1 x beta2 x outliers, small odd shapes, all variants */
@@ -452,6 +457,13 @@ static void test_errors(void **state) {
     printf("expected error: %s\n", spqr_last_error());
     q.perm[3] = 3;
     assert_int_equal(spqr_cuda_qlinear_upload(&q, &w), SPQR_OK);
+    /* the same layer with the free memory capped below the upload's reserve */
+    spqr_cuda_qlinear *w2 = (spqr_cuda_qlinear *)1;
+    setenv("SPQR_GPU_MEMORY_MIB", "32", 1);
+    assert_int_equal(spqr_cuda_qlinear_upload(&q, &w2), SPQR_ERR_NO_DEVICE);
+    unsetenv("SPQR_GPU_MEMORY_MIB");
+    printf("expected error: %s\n", spqr_last_error());
+    assert_null(w2);
     float *d = NULL;
     assert_int_equal(spqr_cuda_malloc((void **)&d, 64 * sizeof(float)), SPQR_OK);
     assert_int_equal(spqr_cuda_qgemm(w, d, -1, d), SPQR_ERR_INVALID_ARG);

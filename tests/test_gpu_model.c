@@ -196,11 +196,61 @@ static void test_hf_f16_untied(void **s) {
     spqr_model_free(m);
 }
 
+/* The "nll" figure of a --json eval line, as printed. */
+static void nll_field(const char *out, char *buf, size_t n) {
+    const char *p = strstr(out, "\"nll\":");
+    assert_non_null(p);
+    size_t k = strcspn(p, ",}");
+    assert_true(k < n);
+    memcpy(buf, p, k);
+    buf[k] = 0;
+}
+
+/* Too little GPU memory (capped with SPQR_GPU_MEMORY_MIB): the upload fails
+ * with SPQR_ERR_NO_DEVICE and a message with both sizes, and spqr eval --gpu
+ * warns and falls back to the CPU, printing the CPU's figures. Without a
+ * device only the fallback is checked. */
+static void test_too_little_memory(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    char model[4200], tok[4200], text[4200], args[13000], cpu[128], gpu[128];
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    snprintf(tok, sizeof tok, "%s", tu_shared(TOK));
+    snprintf(text, sizeof text, "%s", tu_shared(TEXT));
+    snprintf(args, sizeof args, "eval '%s' --tokenizer '%s' --data '%s' --seqlen 128 --max-windows 4 --json", model,
+             tok, text);
+    char *out = NULL, *err = NULL;
+    assert_int_equal(tu_run_cli(args, &out, NULL), 0);
+    nll_field(out, cpu, sizeof cpu);
+    free(out);
+
+    setenv("SPQR_GPU_MEMORY_MIB", "1", 1);
+    if (!g_no_device) {
+        spqr_model *m = load_stories();
+        spqr_gpu_model *g = NULL;
+        assert_int_equal(spqr_gpu_model_new(m, &g), SPQR_ERR_NO_DEVICE);
+        assert_null(g);
+        printf("  capped at 1 MiB: %s\n", spqr_last_error());
+        assert_non_null(strstr(spqr_last_error(), "MiB free"));
+        spqr_model_free(m);
+    }
+    strcat(args, " --gpu");
+    assert_int_equal(tu_run_cli(args, &out, &err), 0);
+    unsetenv("SPQR_GPU_MEMORY_MIB");
+    printf("  eval --gpu: %s", err);
+    assert_non_null(strstr(err, "running on the CPU"));
+    nll_field(out, gpu, sizeof gpu);
+    assert_string_equal(cpu, gpu);
+    free(out);
+    free(err);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_packed),
         cmocka_unit_test(test_hf_f16_untied),
+        cmocka_unit_test(test_too_little_memory),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tu_cleanup();

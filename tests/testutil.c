@@ -50,7 +50,9 @@ int tu_run_cli(const char *args, char **out, char **err) {
     char ofile[4200], efile[4200], cmd[16384];
     snprintf(ofile, sizeof ofile, "%s/cli_out.txt", tu_tmpdir());
     snprintf(efile, sizeof efile, "%s/cli_err.txt", tu_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s </dev/null", SPQR_CLI_PATH, args, ofile, efile);
+    const char *cli = getenv("SPQR_TEST_CLI");
+    if (!cli || !*cli) cli = SPQR_CLI_PATH;
+    snprintf(cmd, sizeof cmd, "%s %s >%s 2>%s </dev/null", cli, args, ofile, efile);
     int st = system(cmd);
     if (out) {
         FILE *f = fopen(ofile, "rb");

@@ -16,7 +16,9 @@ const char *tu_shared(const char *rel);
 /* True if the shared folder holds rel; otherwise prints a SKIP line. */
 int tu_have_shared(const char *rel);
 
-/* Run the spqr CLI with the given argument string (shell syntax). Captures
+/* Run the spqr CLI (the one built beside the tests, or $SPQR_TEST_CLI when
+ * set, e.g. for test binaries copied to another machine) with the given
+ * argument string (shell syntax). Captures
  * stdout and stderr into malloc'd strings (may be NULL if not wanted).
  * Returns the exit status (or -1). */
 int tu_run_cli(const char *args, char **out, char **err);

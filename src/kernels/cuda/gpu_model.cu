@@ -59,7 +59,6 @@ static spqr_status upload(void **d, const void *h, size_t bytes, const char *wha
     return SPQR_OK;
 }
 
-static double gib(size_t b) { return (double)b / (1024.0 * 1024.0 * 1024.0); }
 
 /* ------------------------------------------------------------------------ */
 /* model                                                                      */
@@ -198,13 +197,11 @@ extern "C" spqr_status spqr_gpu_model_new(const spqr_model *m, spqr_gpu_model **
         for (int i = 0; i < SPQR_LIN_PER_BLOCK; i++) need += lin_estimate(&m->blocks[b].lin[i]);
     need += work_bytes(c, EVAL_BATCH_TOKENS, HEAD_CHUNK) + ((size_t)64 << 20);
     size_t freeb = 0, total = 0;
-    e = cudaMemGetInfo(&freeb, &total);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return spqr_fail(SPQR_ERR_NO_DEVICE, "no usable CUDA device (%s)", cudaGetErrorString(e));
-    }
+    spqr_status ms = spqr_cuda_mem_info(&freeb, &total);
+    if (ms) return ms;
     if (need > freeb)
-        return spqr_fail(SPQR_ERR_NO_DEVICE, "model needs %.2f GiB on the GPU, %.2f GiB free", gib(need), gib(freeb));
+        return spqr_fail(SPQR_ERR_NO_DEVICE, "model needs %.1f MiB on the GPU, %.1f MiB free", need / 1048576.0,
+                         freeb / 1048576.0);
 
     spqr_gpu_model *g = (spqr_gpu_model *)calloc(1, sizeof *g);
     if (!g) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");

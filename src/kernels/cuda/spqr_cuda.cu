@@ -1302,7 +1302,8 @@ extern "C" spqr_status spqr_cuda_qlinear_upload(const spqr_qlayer *q, spqr_cuda_
         if (st != SPQR_OK) return st;
     }
     size_t fr = 0, tot = 0;
-    CK(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
+    st = spqr_cuda_mem_info(&fr, &tot);
+    if (st != SPQR_OK) return st;
     const size_t margin = 64ull << 20;
     if (total + margin > fr)
         return spqr_fail(SPQR_ERR_NO_DEVICE,
@@ -1772,6 +1773,12 @@ extern "C" spqr_status spqr_cuda_mem_info(size_t *free_bytes, size_t *total_byte
         if (st != SPQR_OK) return st;
     }
     CK(cudaMemGetInfo(&f, &t), "cudaMemGetInfo");
+    const char *lim = getenv("SPQR_GPU_MEMORY_MIB");
+    if (lim && *lim) {
+        char *end = NULL;
+        double mib = strtod(lim, &end);
+        if (end != lim && *end == 0 && mib >= 0 && mib * 1048576.0 < (double)f) f = (size_t)(mib * 1048576.0);
+    }
     if (free_bytes) *free_bytes = f;
     if (total_bytes) *total_bytes = t;
     return SPQR_OK;

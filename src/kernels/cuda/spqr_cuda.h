@@ -170,6 +170,10 @@ spqr_status spqr_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
 spqr_status spqr_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes);
 spqr_status spqr_cuda_memset(void *dptr, int value, size_t bytes);
 spqr_status spqr_cuda_synchronize(void); /* also reports asynchronous errors */
+/* Free and total device memory. The environment variable SPQR_GPU_MEMORY_MIB,
+ * when set to a number, caps the free figure that uploads check against: it
+ * lets tests (and users) try the too-little-memory paths on a large GPU, or
+ * keep room for other work. */
 spqr_status spqr_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 
 /* Dense baseline through cuBLAS: Y[t][r] = sum_c W[r][c] X[t][c] with
