@@ -117,6 +117,18 @@ static void compare(spqr_model *m, spqr_gpu_model *g, const char *label, double 
     free(text);
 }
 
+/* Quantize m with o (o->out_path set), free m, and load the written file. */
+static spqr_model *quantize_reload(spqr_model *m, const spqr_quant_opts *o) {
+    spqr_quant_summary sum;
+    spqr_status st = spqr_quantize_model(m, o, &sum);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    spqr_model_free(m);
+    spqr_model *q = NULL;
+    assert_int_equal(spqr_model_load(o->out_path, NULL, &q), SPQR_OK);
+    return q;
+}
+
 static void test_dense(void **s) {
     (void)s;
     if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
@@ -146,13 +158,7 @@ static void test_packed(void **s) {
     o.nsamples = 8;
     o.seqlen = 128;
     o.out_path = out;
-    spqr_quant_summary sum;
-    spqr_status st = spqr_quantize_model(m, &o, &sum);
-    if (st) fprintf(stderr, "%s\n", spqr_last_error());
-    assert_int_equal(st, SPQR_OK);
-    spqr_model_free(m);
-    spqr_model *q = NULL;
-    assert_int_equal(spqr_model_load(out, NULL, &q), SPQR_OK);
+    spqr_model *q = quantize_reload(m, &o);
     assert_int_equal(q->blocks[0].lin[SPQR_LIN_Q].kind, SPQR_LIN_PACKED);
     spqr_gpu_model *g = gpu_or_skip(q);
     if (g) {
@@ -184,12 +190,7 @@ static void test_hf_f16_untied(void **s) {
     o.qp.method = SPQR_METHOD_RTN;
     o.qp.beta2 = 0;
     o.out_path = out;
-    spqr_quant_summary sum;
-    spqr_status st = spqr_quantize_model(m, &o, &sum);
-    if (st) fprintf(stderr, "%s\n", spqr_last_error());
-    assert_int_equal(st, SPQR_OK);
-    spqr_model_free(m);
-    assert_int_equal(spqr_model_load(out, NULL, &m), SPQR_OK);
+    m = quantize_reload(m, &o);
     g = gpu_or_skip(m);
     if (g) compare(m, g, "hf f16 untied packed", 5e-3);
     spqr_gpu_model_free(g);
