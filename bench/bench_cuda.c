@@ -24,7 +24,7 @@
 #include <string.h>
 
 #include "kernels/cuda/spqr_cuda.h"
-#include "quant/qlayer.h"
+#include "formats/spqr/qlayer.h"
 
 #define CHECK(call)                                                                        \
     do {                                                                                   \

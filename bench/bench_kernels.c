@@ -16,8 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format/packed.h"
-#include "kernels/cpu/kernels.h"
+#include "formats/spqr/packed.h"
+#include "formats/spqr/cpu/qgemm.h"
+#include "kernels/cpu/cpu.h"
 
 #define WORKSET ((size_t)192 << 20) /* bytes each timed series cycles through */
 

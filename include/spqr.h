@@ -2,8 +2,10 @@
  * spqr.h - the one public header of libspqr.
  *
  * libspqr loads LLaMA-family language models (Hugging Face folders, llama2.c
- * checkpoints, .spqr compressed files), runs them on the CPU, measures
- * perplexity, and compresses their linear layers with RTN, GPTQ or SpQR.
+ * checkpoints, .spqr compressed files), runs them on the CPU or an NVIDIA
+ * GPU, measures perplexity, and compresses their linear layers with the
+ * registered quantization methods (RTN, GPTQ, SpQR) into the registered
+ * layer formats.
  *
  * Conventions
  *  - Every fallible function returns an spqr_status. On failure a one-line,
@@ -117,6 +119,19 @@ spqr_tokenizer *spqr_model_tokenizer(spqr_model *m);
 /* Number of NaN/Inf values seen in the weights at load time (warned). */
 int64_t spqr_model_nonfinite_count(const spqr_model *m);
 
+/* Where the forward pass, sessions and evaluations of m run. SPQR_DEVICE_GPU
+ * uploads the model to the CUDA device (layers of formats without GPU
+ * kernels run dequantized); it fails with SPQR_ERR_NO_DEVICE when the build
+ * has no CUDA, no device is usable or the model does not fit into free GPU
+ * memory (SPQR_GPU_MEMORY_MIB caps what spqr may use); m then stays on its
+ * previous device. SPQR_DEVICE_AUTO tries the GPU and falls back to the CPU,
+ * logging the reason as a warning. Sessions created before a change keep
+ * their device. */
+typedef enum spqr_device { SPQR_DEVICE_CPU = 0, SPQR_DEVICE_GPU = 1, SPQR_DEVICE_AUTO = 2 } spqr_device;
+spqr_status spqr_model_set_device(spqr_model *m, spqr_device dev);
+/* SPQR_DEVICE_CPU or SPQR_DEVICE_GPU. */
+spqr_device spqr_model_device(const spqr_model *m);
+
 /* ------------------------------------------------------------------------ */
 /* Tokenizers                                                                */
 
@@ -175,6 +190,111 @@ typedef struct spqr_ppl_result {
  * every next-token target in a window scored, the remainder dropped. */
 spqr_status spqr_eval_perplexity(spqr_model *m, const char *text, size_t len,
                                  int seqlen, spqr_ppl_result *res);
+
+/* Perplexity over already-tokenized ids (ids[0] = BOS) with the protocol of
+ * spqr_eval_perplexity: windows of seqlen tokens from the start, remainder
+ * dropped. max_windows > 0 scores only the first max_windows windows.
+ * progress (optional) is called with (done, total) windows. res->tokens_total
+ * is n_ids. */
+typedef void (*spqr_progress_fn)(void *user, int64_t done, int64_t total);
+spqr_status spqr_eval_perplexity_ids(spqr_model *m, const int32_t *ids, size_t n_ids, int seqlen,
+                                     int64_t max_windows, spqr_ppl_result *res, spqr_progress_fn progress,
+                                     void *user);
+
+/* The ids that spqr_eval_perplexity scores: CRLF->LF, BOS, then the text's
+ * ids. *ids owned by caller. */
+spqr_status spqr_eval_tokenize(spqr_model *m, const char *text, size_t len, int32_t **ids, size_t *n_ids);
+
+/* ------------------------------------------------------------------------ */
+/* Quantization                                                              */
+
+/* Registered methods ("rtn", "gptq", "spqr", ...) and their options. */
+int spqr_quantizer_method_count(void);
+const char *spqr_quantizer_method_name(int i);    /* NULL when out of range */
+const char *spqr_quantizer_method_summary(int i);
+int spqr_quantizer_method_option_count(int i);
+/* Option j of method i: its name (without dashes), help line, and whether it
+ * takes a value (flags do not). */
+spqr_status spqr_quantizer_method_option(int i, int j, const char **name, const char **help, int *takes_value);
+
+typedef struct spqr_quant_config spqr_quant_config;
+/* A configuration for method `method` with its defaults and the calibration
+ * defaults (128 windows, S = min(2048, context), seed 0, no calibration
+ * file). *out owned by caller. */
+spqr_status spqr_quant_config_new(const char *method, spqr_quant_config **out);
+void spqr_quant_config_free(spqr_quant_config *c);
+/* Set an option by name (without dashes) from text: the method's own options
+ * or the calibration options "calib" (file), "nsamples", "seqlen", "seed".
+ * value is ignored for flags. SPQR_ERR_INVALID_ARG names a bad option. */
+spqr_status spqr_quant_config_set(spqr_quant_config *c, const char *name, const char *value);
+/* 1: the option takes a value, 0: a flag, -1: no such option. */
+int spqr_quant_config_takes_value(const spqr_quant_config *c, const char *name);
+/* The effective parameters as a JSON object text ({"method": ..., the
+ * method's parameters, the calibration options}). *json owned by caller. */
+spqr_status spqr_quant_config_describe(const spqr_quant_config *c, char **json);
+
+typedef struct spqr_quant_progress {
+    int block, n_blocks;
+    const char *stage;         /* non-NULL: a stage of the block began ("attention q/k/v", ...) */
+    const char *layer;         /* non-NULL: this layer is done ("q_proj", ...)                  */
+    int rows, cols;
+    double weight_rel_err, hessian_rel_err, outlier_share;
+    double formula_bits, real_bits;
+    double seconds;            /* this layer's time                                             */
+    double elapsed, eta;       /* whole run so far / estimated remaining                        */
+} spqr_quant_progress;
+typedef void (*spqr_quant_progress_fn)(void *user, const spqr_quant_progress *p);
+void spqr_quant_config_set_progress(spqr_quant_config *c, spqr_quant_progress_fn fn, void *user);
+
+typedef struct spqr_quant_summary {
+    int64_t quantized_params;
+    int64_t quantized_bytes;   /* stored bytes of every quantized layer   */
+    int64_t n_outliers;
+    double avg_bits_formula;   /* the method's formula, parameter-weighted */
+    double avg_bits_real;      /* 8 * quantized_bytes / quantized_params  */
+    double outlier_share;
+    double seconds;
+    double calib_tokens;
+} spqr_quant_summary;
+
+/* Quantize every linear layer of m (a model loaded from a Hugging Face
+ * folder or a llama2.c checkpoint) and write the .spqr file out_path
+ * (through a temporary file renamed on success: nothing is left behind on
+ * failure). m's weights are unchanged afterwards. */
+spqr_status spqr_quantize(spqr_model *m, const spqr_quant_config *c, const char *out_path,
+                          spqr_quant_summary *sum);
+
+/* ------------------------------------------------------------------------ */
+/* Inspecting .spqr files                                                    */
+
+typedef struct spqr_layer_info {
+    char name[64];             /* "blk.0.q_proj"                                  */
+    char layout[32];           /* its format ("spqr", ...)                         */
+    char params[96];           /* the format's short description                  */
+    int rows, cols;
+    int64_t n_outliers;
+    int64_t bytes;
+    double formula_bits, real_bits;
+} spqr_layer_info;
+
+typedef struct spqr_file_info {
+    uint64_t file_bytes;
+    int version_major, version_minor; /* container version                        */
+    int model_layout;                 /* model layout version (1, 2, 3, ...)       */
+    size_t n_tensors;
+    int verified;                     /* every checksum was checked                */
+    char *config_json, *provenance_json; /* JSON object texts ("{}" when absent)  */
+    int n_layers;                     /* quantized layers                          */
+    spqr_layer_info *layers;
+    int64_t quantized_params, quantized_bytes, n_outliers;
+    double avg_bits_formula, avg_bits_real;
+} spqr_file_info;
+
+/* Describe a .spqr file from the tensors actually stored (every layer is
+ * opened and validated through its format); verify also checks every
+ * tensor's checksum. *out owned by caller, release with spqr_file_info_free. */
+spqr_status spqr_inspect_file(const char *path, int verify, spqr_file_info **out);
+void spqr_file_info_free(spqr_file_info *info);
 
 #ifdef __cplusplus
 }

@@ -2,7 +2,7 @@
  * writer failure paths. */
 #include "testutil.h"
 
-#include "format/container.h"
+#include "io/container.h"
 
 #include <dirent.h>
 #include <stdio.h>

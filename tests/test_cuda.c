@@ -30,7 +30,7 @@
 #include <string.h>
 
 #include "kernels/cuda/spqr_cuda.h"
-#include "quant/qlayer.h"
+#include "formats/spqr/qlayer.h"
 #include "testutil.h"
 
 #define TOL_ELEM 1e-4 /* reference kernel, exact statistics (float32 weights, double sums) */

@@ -12,7 +12,7 @@
 #include "tinyhf.h"
 
 #include "eval/eval.h"
-#include "kernels/cuda/gpu_model.h"
+#include "model/gpu/gpu_model.h"
 #include "model/model.h"
 #include "quant/pipeline.h"
 #include "util/common.h"
@@ -117,21 +117,26 @@ static void compare(spqr_model *m, spqr_gpu_model *g, const char *label, double 
     free(text);
 }
 
-/* Quantize m with o (o->out_path set), free m, and load the written file. */
-static spqr_model *quantize_reload(spqr_model *m, const spqr_quant_opts *o) {
+/* Quantize m with method (NULL-terminated name/value option pairs, through
+ * the public API) into out, free m, and load the written file. */
+static spqr_model *quantize_reload(spqr_model *m, const char *method, const char *const *opts, const char *out) {
+    spqr_quant_config *qc = NULL;
+    assert_int_equal(spqr_quant_config_new(method, &qc), SPQR_OK);
+    for (int i = 0; opts[i]; i += 2) assert_int_equal(spqr_quant_config_set(qc, opts[i], opts[i + 1]), SPQR_OK);
     spqr_quant_summary sum;
-    spqr_status st = spqr_quantize_model(m, o, &sum);
+    spqr_status st = spqr_quantize(m, qc, out, &sum);
     if (st) fprintf(stderr, "%s\n", spqr_last_error());
     assert_int_equal(st, SPQR_OK);
+    spqr_quant_config_free(qc);
     spqr_model_free(m);
     spqr_model *q = NULL;
-    assert_int_equal(spqr_model_load(o->out_path, NULL, &q), SPQR_OK);
+    assert_int_equal(spqr_model_load(out, NULL, &q), SPQR_OK);
     return q;
 }
 
 static void test_dense(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) skip();
     spqr_model *m = load_stories();
     spqr_gpu_model *g = gpu_or_skip(m);
     if (g) {
@@ -147,19 +152,14 @@ static void test_dense(void **s) {
 
 static void test_packed(void **s) {
     (void)s;
-    if (g_no_device || !tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    if (g_no_device || !tu_have_shared(MODEL) || !tu_have_shared(TEXT)) skip();
     char out[4200], calib[4200];
     snprintf(out, sizeof out, "%s/stories.spqr", tu_tmpdir());
     snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
     spqr_model *m = load_stories();
-    spqr_quant_opts o;
-    spqr_quant_opts_default(&o);
-    o.calib_path = calib;
-    o.nsamples = 8;
-    o.seqlen = 128;
-    o.out_path = out;
-    spqr_model *q = quantize_reload(m, &o);
-    assert_int_equal(q->blocks[0].lin[SPQR_LIN_Q].kind, SPQR_LIN_PACKED);
+    const char *const opts[] = {"calib", calib, "nsamples", "8", "seqlen", "128", NULL};
+    spqr_model *q = quantize_reload(m, "spqr", opts, out);
+    assert_string_equal(q->blocks[0].lin[SPQR_LIN_Q].fmt->name, "spqr");
     spqr_gpu_model *g = gpu_or_skip(q);
     if (g) {
         printf("  packed: %zu device bytes\n", spqr_gpu_model_bytes(g));
@@ -185,12 +185,8 @@ static void test_hf_f16_untied(void **s) {
     spqr_gpu_model_free(g);
     char out[4200];
     snprintf(out, sizeof out, "%s/hf16u.spqr", tu_tmpdir());
-    spqr_quant_opts o;
-    spqr_quant_opts_default(&o);
-    o.qp.method = SPQR_METHOD_RTN;
-    o.qp.beta2 = 0;
-    o.out_path = out;
-    m = quantize_reload(m, &o);
+    const char *const opts[] = {"stat-group-size", "0", NULL};
+    m = quantize_reload(m, "rtn", opts, out);
     g = gpu_or_skip(m);
     if (g) compare(m, g, "hf f16 untied packed", 5e-3);
     spqr_gpu_model_free(g);
@@ -211,9 +207,57 @@ static void nll_field(const char *out, char *buf, size_t n) {
  * with SPQR_ERR_NO_DEVICE and a message with both sizes, and spqr eval --gpu
  * warns and falls back to the CPU, printing the CPU's figures. Without a
  * device only the fallback is checked. */
+/* The library chooses the device behind the model handle: spqr_forward,
+ * sessions and evaluation route to the GPU after spqr_model_set_device, and
+ * AUTO falls back to the CPU without a device (this part runs everywhere). */
+static void test_device_routing(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL)) skip();
+    spqr_model *m = load_stories();
+    const int V = spqr_model_config(m)->vocab_size, T = 12;
+    int32_t tok[12];
+    for (int t = 0; t < T; t++) tok[t] = 1 + (t * 37) % (V - 1);
+    float *cpu = malloc(sizeof(float) * (size_t)T * V), *dev = malloc(sizeof(float) * (size_t)T * V);
+    assert_int_equal(spqr_forward(m, tok, T, cpu), SPQR_OK);
+    spqr_status st = spqr_model_set_device(m, SPQR_DEVICE_GPU);
+    if (st == SPQR_ERR_NO_DEVICE) {
+        assert_int_equal(spqr_model_device(m), SPQR_DEVICE_CPU);
+        assert_int_equal(spqr_model_set_device(m, SPQR_DEVICE_AUTO), SPQR_OK); /* falls back */
+        assert_int_equal(spqr_model_device(m), SPQR_DEVICE_CPU);
+        printf("  no device: GPU refused (%s), AUTO stays on the CPU\n", spqr_last_error());
+    } else {
+        assert_int_equal(st, SPQR_OK);
+        assert_int_equal(spqr_model_device(m), SPQR_DEVICE_GPU);
+        assert_int_equal(spqr_forward(m, tok, T, dev), SPQR_OK);
+        double maxd = 0, scale = 0;
+        for (size_t i = 0; i < (size_t)T * V; i++) {
+            maxd = fmax(maxd, fabs((double)dev[i] - cpu[i]));
+            scale = fmax(scale, fabs((double)cpu[i]));
+        }
+        spqr_session *ss = NULL;
+        assert_int_equal(spqr_session_new(m, &ss), SPQR_OK);
+        double maxs = 0;
+        for (int t = 0; t < T; t++) {
+            const float *lg = NULL;
+            assert_int_equal(spqr_session_step(ss, tok[t], &lg), SPQR_OK);
+            for (int i = 0; i < V; i++) maxs = fmax(maxs, fabs((double)lg[i] - cpu[(size_t)t * V + i]));
+        }
+        spqr_session_free(ss);
+        printf("  routed through the handle: prefill max |d| %.3g, decode max |d| %.3g (max |logit| %.3g)\n", maxd,
+               maxs, scale);
+        assert_true(maxd <= 1e-3 * fmax(scale, 1.0));
+        assert_true(maxs <= 1e-3 * fmax(scale, 1.0));
+        assert_int_equal(spqr_model_set_device(m, SPQR_DEVICE_CPU), SPQR_OK);
+        assert_int_equal(spqr_model_device(m), SPQR_DEVICE_CPU);
+    }
+    free(cpu);
+    free(dev);
+    spqr_model_free(m);
+}
+
 static void test_too_little_memory(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) skip();
     char model[4200], tok[4200], text[4200], args[13000], cpu[128], gpu[128];
     snprintf(model, sizeof model, "%s", tu_shared(MODEL));
     snprintf(tok, sizeof tok, "%s", tu_shared(TOK));
@@ -252,6 +296,7 @@ int main(void) {
         cmocka_unit_test(test_packed),
         cmocka_unit_test(test_hf_f16_untied),
         cmocka_unit_test(test_too_little_memory),
+        cmocka_unit_test(test_device_routing),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tu_cleanup();

@@ -21,8 +21,9 @@
 
 #include "testutil.h"
 
-#include "format/packed.h"
-#include "kernels/cpu/kernels.h"
+#include "formats/spqr/packed.h"
+#include "formats/spqr/cpu/qgemm.h"
+#include "kernels/cpu/cpu.h"
 
 /* ---- random layers ------------------------------------------------------------ */
 

@@ -138,7 +138,7 @@ static void test_missing_shard(void **s) {
 
 static void test_tokenizer_vocab_mismatch(void **s) {
     (void)s;
-    if (!tu_have_shared("models/ref-40m/tokenizer.model")) return;
+    if (!tu_have_shared("models/ref-40m/tokenizer.model")) skip();
     const char *d = make_model("vocab", OK_MODEL, "LlamaForCausalLM", "float32");
     spqr_model *m = NULL;
     spqr_status st = spqr_model_load(d, tu_shared("models/ref-40m/tokenizer.model"), &m);
@@ -163,7 +163,7 @@ static void test_nan_warns(void **s) {
     char args[9000], *err = NULL;
     snprintf(args, sizeof args, "generate '%s' --tokenizer '%s' -n 2 --temp 0", d,
              tu_shared("models/stories260K/tok512.bin"));
-    if (!tu_have_shared("models/stories260K/tok512.bin")) return;
+    if (!tu_have_shared("models/stories260K/tok512.bin")) skip();
     tu_run_cli(args, NULL, &err);
     assert_non_null(strstr(err, "NaN"));
     free(err);
@@ -171,7 +171,7 @@ static void test_nan_warns(void **s) {
 
 static void test_empty_eval_text(void **s) {
     (void)s;
-    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) skip();
     char empty[4200], args[9000], *err = NULL;
     snprintf(empty, sizeof empty, "%s/empty.txt", tu_tmpdir());
     assert_int_equal(tu_write_file(empty, "", 0), 0);
@@ -188,7 +188,7 @@ static void test_empty_eval_text(void **s) {
 
 static void test_seqlen_too_long(void **s) {
     (void)s;
-    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) skip();
     char args[9000], model[4200], tok[4200], *err = NULL;
     snprintf(model, sizeof model, "%s", tu_shared("models/stories260K/stories260K.bin"));
     snprintf(tok, sizeof tok, "%s", tu_shared("models/stories260K/tok512.bin"));
@@ -202,7 +202,7 @@ static void test_seqlen_too_long(void **s) {
 
 static void test_llama2c_truncated(void **s) {
     (void)s;
-    if (!tu_have_shared("models/stories260K/stories260K.bin")) return;
+    if (!tu_have_shared("models/stories260K/stories260K.bin")) skip();
     FILE *f = fopen(tu_shared("models/stories260K/stories260K.bin"), "rb");
     assert_non_null(f);
     char *buf = malloc(200000);

@@ -11,10 +11,11 @@
 #include <sys/stat.h>
 
 #include "eval/eval.h"
-#include "format/container.h"
-#include "format/packed.h"
+#include "io/container.h"
+#include "formats/spqr/packed.h"
 #include "model/model.h"
 #include "quant/pipeline.h"
+#include "quant/spqr/quantize.h"
 #include "testutil.h"
 
 #define MODEL "models/stories260K/stories260K.bin"
@@ -35,24 +36,29 @@ static double eval_slice(spqr_model *m, const char *text, size_t n) {
     return r.nll;
 }
 
-static void run_method(spqr_qmethod method, int wbits, double tau) {
-    if (!tu_have_shared(MODEL)) return;
+static void run_method(const char *method, int wbits, double tau) {
+    if (!tu_have_shared(MODEL)) skip();
     char out[4200], calib[4200];
-    snprintf(out, sizeof out, "%s/q%d.spqr", tu_tmpdir(), (int)method);
+    snprintf(out, sizeof out, "%s/q-%s.spqr", tu_tmpdir(), method);
     snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
     spqr_model *m = load();
     char *text = NULL;
     size_t n = 0;
     assert_int_equal(spqr_read_file(calib, &text, &n), SPQR_OK);
+    const spqr_quantizer *qz = spqr_quantizer_find(method);
+    assert_non_null(qz);
     size_t slice = n < 20000 ? n : 20000;
     double fp = eval_slice(m, text + n - slice, slice);
 
+    spqr_qparams qp;
+    qz->defaults(&qp);
+    qp.wbits = wbits;
+    if (qp.method == SPQR_METHOD_SPQR) qp.tau = tau;
+    else qp.beta1 = 32;
     spqr_quant_opts o;
     spqr_quant_opts_default(&o);
-    spqr_qparams_default(&o.qp, method);
-    o.qp.wbits = wbits;
-    if (method == SPQR_METHOD_SPQR) o.qp.tau = tau;
-    else o.qp.beta1 = 32;
+    o.method = qz;
+    o.params = &qp;
     o.calib_path = calib;
     o.nsamples = 16;
     o.seqlen = 256;
@@ -71,21 +77,19 @@ static void run_method(spqr_qmethod method, int wbits, double tau) {
     for (int l = 0; l < c->n_layers; l++)
         for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
             const spqr_linear *a = &m->blocks[l].lin[k], *b = &q->blocks[l].lin[k];
-            assert_int_equal(a->w.dt, SPQR_DT_F32);
-            assert_int_equal(b->kind, SPQR_LIN_PACKED);
-            spqr_qlayer ql;
-            memset(&ql, 0, sizeof ql);
-            assert_int_equal(spqr_unpack(b->pk, &ql), SPQR_OK);
+            const spqr_dense *ad = spqr_linear_dense(a);
+            assert_non_null(ad);
+            assert_int_equal(ad->dt, SPQR_DT_F32);
+            assert_string_equal(b->fmt->name, "spqr");
             float *w = malloc(sizeof(float) * (size_t)a->rows * a->cols);
-            spqr_qlayer_dequantize(&ql, w);
-            assert_memory_equal(w, a->w.data, sizeof(float) * (size_t)a->rows * a->cols);
+            assert_int_equal(b->fmt->dequantize(b->payload, w), SPQR_OK);
+            assert_memory_equal(w, ad->data, sizeof(float) * (size_t)a->rows * a->cols);
             free(w);
-            spqr_qlayer_free(&ql);
         }
     double file = eval_slice(q, text + n - slice, slice);
-    printf("  method %d, %d bits: fp nll %.5f, simulated %.5f, from file %.5f (|d| %.2g), avg bits %.3f formula "
+    printf("  method %s, %d bits: fp nll %.5f, simulated %.5f, from file %.5f (|d| %.2g), avg bits %.3f formula "
            "%.3f file, outliers %.3f%%\n",
-           (int)method, wbits, fp, sim, file, fabs(sim - file), s.avg_bits_formula, s.avg_bits_real,
+           method, wbits, fp, sim, file, fabs(sim - file), s.avg_bits_formula, s.avg_bits_real,
            100 * s.outlier_share);
     assert_true(fabs(sim - file) <= 1e-4);
     assert_true(sim > fp - 0.01);     /* quantization does not help */
@@ -97,15 +101,15 @@ static void run_method(spqr_qmethod method, int wbits, double tau) {
 
 static void test_spqr_file_matches_simulation(void **s) {
     (void)s;
-    run_method(SPQR_METHOD_SPQR, 4, 0.2);
+    run_method("spqr", 4, 0.2);
 }
 static void test_gptq_file_matches_simulation(void **s) {
     (void)s;
-    run_method(SPQR_METHOD_GPTQ, 4, 0);
+    run_method("gptq", 4, 0);
 }
 static void test_rtn_file_matches_simulation(void **s) {
     (void)s;
-    run_method(SPQR_METHOD_RTN, 8, 0);
+    run_method("rtn", 8, 0);
 }
 
 static int file_exists(const char *p) {
@@ -114,7 +118,7 @@ static int file_exists(const char *p) {
 }
 
 static void expect_cli_error(const char *opts, const char *needle) {
-    if (!tu_have_shared(MODEL)) return;
+    if (!tu_have_shared(MODEL)) skip();
     char args[20000], out[4200], model[4200], tok[4200], *err = NULL;
     snprintf(out, sizeof out, "%s/bad.spqr", tu_tmpdir());
     snprintf(model, sizeof model, "%s", tu_shared(MODEL));
@@ -155,7 +159,7 @@ static void test_calib_too_short(void **s) {
  * quantize stops with a clear error naming it and leaves no file. */
 static void test_nan_hessian(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) return;
+    if (!tu_have_shared(MODEL) || !tu_have_shared(TEXT)) skip();
     char *buf = NULL;
     size_t n = 0;
     assert_int_equal(spqr_read_file(tu_shared(MODEL), &buf, &n), SPQR_OK);
@@ -244,21 +248,22 @@ static void edit_version(char *m) { /* a model layout from the future */
 
 static void test_corrupt_model_files(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL)) return;
+    if (!tu_have_shared(MODEL)) skip();
     char good[4200], bad[4300], model[4200], calib[4200];
     snprintf(good, sizeof good, "%s/good.spqr", tu_tmpdir());
     snprintf(bad, sizeof bad, "%s/corrupt.spqr", tu_tmpdir());
     snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
     snprintf(model, sizeof model, "%s", tu_shared(MODEL));
     spqr_model *m = load();
-    spqr_quant_opts o;
-    spqr_quant_opts_default(&o);
-    o.calib_path = calib;
-    o.nsamples = 4;
-    o.seqlen = 64;
-    o.out_path = good;
+    /* through the public API */
+    spqr_quant_config *qc = NULL;
+    assert_int_equal(spqr_quant_config_new("spqr", &qc), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "calib", calib), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "nsamples", "4"), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "seqlen", "64"), SPQR_OK);
     spqr_quant_summary sum;
-    assert_int_equal(spqr_quantize_model(m, &o, &sum), SPQR_OK);
+    assert_int_equal(spqr_quantize(m, qc, good, &sum), SPQR_OK);
+    spqr_quant_config_free(qc);
     spqr_model_free(m);
     struct { void (*edit)(char *); const char *drop; const char *needle; } cases[] = {
         {edit_wbits, NULL, "blk.0.q_proj"},

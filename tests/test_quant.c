@@ -8,8 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/quant_internal.h"
-#include "quant/quantize.h"
+#include "quant/gptq_driver.h"
+#include "quant/spqr/quant_internal.h"
+#include "quant/spqr/quantize.h"
 
 /* ---- synthetic layers --------------------------------------------------- */
 

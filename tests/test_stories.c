@@ -23,7 +23,7 @@ static spqr_model *load_stories(void) {
 
 static void test_greedy_matches_llama2c(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL) || !tu_have_shared("ref/stories260K_greedy200.txt")) return;
+    if (!tu_have_shared(MODEL) || !tu_have_shared("ref/stories260K_greedy200.txt")) skip();
     char args[9000], model[4200], *out = NULL, *err = NULL;
     snprintf(model, sizeof model, "%s", tu_shared(MODEL));
     snprintf(args, sizeof args, "generate '%s' --tokenizer '%s' -n 200 --temp 0", model, tu_shared(TOK));
@@ -42,7 +42,7 @@ static void test_greedy_matches_llama2c(void **s) {
 
 static void test_decode_matches_prefill(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL)) return;
+    if (!tu_have_shared(MODEL)) skip();
     spqr_model *m = load_stories();
     int V = spqr_model_config(m)->vocab_size, T = 37;
     int32_t tok[37];

@@ -22,7 +22,7 @@ static spqr_model *load_stories(void) {
 
 static void test_tinystories_nll(void **s) {
     (void)s;
-    if (!tu_have_shared(MODEL) || !tu_have_shared("data/eval/tinystories_valid.txt")) return;
+    if (!tu_have_shared(MODEL) || !tu_have_shared("data/eval/tinystories_valid.txt")) skip();
     spqr_model *m = load_stories();
     char *text = NULL;
     size_t n = 0;

@@ -33,6 +33,13 @@ void cli_install_log(bool verbose);
 void cli_progress(const char *fmt, ...);
 void cli_progress_done(void);
 
+/* Monotonic clock in seconds. */
+double cli_now(void);
+/* Print "spqr: error: <message>" and return CLI_EXIT_FAIL. */
+int cli_error(const char *fmt, ...);
+/* A whole file, NUL-terminated (malloc'd), or NULL (errno tells why). */
+char *cli_read_file(const char *path, size_t *len);
+
 /* Default model: $SPQR_SHARED/models/ref-40m (or ../shared/...). Static. */
 const char *cli_default_model(void);
 

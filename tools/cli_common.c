@@ -1,5 +1,6 @@
 /* cli_common.c - error reporting, option parsing, progress for the CLI. */
 #include <errno.h>
+#include <time.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -78,5 +79,50 @@ const char *cli_default_model(void) {
     static char buf[4096];
     const char *root = getenv("SPQR_SHARED");
     snprintf(buf, sizeof buf, "%s/models/ref-40m", root && *root ? root : "../shared");
+    return buf;
+}
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "spqr: error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    return CLI_EXIT_FAIL;
+}
+
+char *cli_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap) break;
+        char *nb = cap > ((size_t)1 << 40) ? NULL : realloc(buf, 2 * cap + 1);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    bool bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
     return buf;
 }

@@ -2,11 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+
 #include "cli.h"
-#include "eval/eval.h"
-#include "kernels/cuda/gpu_model.h"
-#include "model/model.h"
-#include "util/common.h"
 
 static void help(void) {
     printf("usage: spqr eval MODEL --data FILE [--seqlen S] [--max-windows W] [--tokenizer FILE]\n"
@@ -19,7 +17,7 @@ static void help(void) {
 }
 
 static void progress(void *user, int64_t done, int64_t total) {
-    double t0 = *(double *)user, el = spqr_now() - t0;
+    double t0 = *(double *)user, el = cli_now() - t0;
     double eta = done > 0 ? el * (double)(total - done) / (double)done : 0;
     cli_progress("eval: window %lld/%lld  %.1fs elapsed  ETA %.0fs", (long long)done, (long long)total, el, eta);
 }
@@ -66,42 +64,28 @@ int cmd_eval(int argc, char **argv) {
     spqr_model *m = NULL;
     spqr_status st = spqr_model_load(model, tok, &m);
     if (st) return cli_fail(st);
-    char *text = NULL;
     size_t len = 0;
-    st = spqr_read_file(data, &text, &len);
-    if (!st && len == 0) st = spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the evaluation text is empty", data);
-    if (!st && seqlen > m->cfg.max_seq_len)
-        st = spqr_fail(SPQR_ERR_INVALID_ARG, "--seqlen %ld is longer than the model's context of %d tokens", seqlen,
-                       m->cfg.max_seq_len);
+    char *text = cli_read_file(data, &len);
+    const spqr_config *cfg = spqr_model_config(m);
+    int rc = 0;
+    if (!text) rc = cli_error("%s: %s", data, strerror(errno));
+    else if (len == 0) rc = cli_error("%s: the evaluation text is empty", data);
+    else if (seqlen > cfg->max_seq_len)
+        rc = cli_error("--seqlen %ld is longer than the model's context of %d tokens", seqlen, cfg->max_seq_len);
     int32_t *ids = NULL;
     size_t n = 0;
     spqr_ppl_result r;
     memset(&r, 0, sizeof r);
-    if (!st) st = spqr_eval_tokenize(m, text, len, &ids, &n);
-    double t0 = spqr_now();
-    size_t n_eval = n;
-    if (max_windows > 0 && n_eval > (size_t)max_windows * (size_t)seqlen) n_eval = (size_t)max_windows * (size_t)seqlen;
-    bool done = false;
-    if (!st && gpu) {
-        spqr_gpu_model *g = NULL;
-        spqr_status gs = spqr_gpu_model_new(m, &g);
-        if (!gs) gs = spqr_gpu_eval_nll(g, ids, n_eval, (int)seqlen, &r);
-        spqr_gpu_model_free(g);
-        if (gs == SPQR_ERR_NO_DEVICE) {
-            fprintf(stderr, "spqr: warning: %s; running on the CPU\n", spqr_last_error());
-        } else {
-            st = gs;
-            done = true;
-        }
-    }
-    if (!st && !done) st = spqr_eval_tokens(m, ids, n_eval, (int)seqlen, &r, progress, &t0);
-    r.tokens_total = (int64_t)n;
+    if (!rc && gpu) st = spqr_model_set_device(m, SPQR_DEVICE_AUTO);
+    if (!rc && !st) st = spqr_eval_tokenize(m, text, len, &ids, &n);
+    double t0 = cli_now();
+    if (!rc && !st) st = spqr_eval_perplexity_ids(m, ids, n, (int)seqlen, max_windows, &r, progress, &t0);
     cli_progress_done();
     free(ids);
     free(text);
-    if (st) {
+    if (rc || st) {
         spqr_model_free(m);
-        return cli_fail(st);
+        return rc ? rc : cli_fail(st);
     }
     double tps = r.seconds > 0 ? (double)(r.windows * seqlen) / r.seconds : 0;
     fprintf(stderr, "spqr eval: %s on %s, seqlen %ld: %lld windows, %.1f s (%.0f tokens/s)\n", model, data, seqlen,

@@ -9,9 +9,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "kernels/cuda/gpu_model.h"
-#include "model/model.h"
-#include "util/common.h"
 
 static void help(void) {
     printf("usage: spqr generate MODEL [--prompt TEXT] [-n N] [--temp T] [--top-p P] [--seed S]\n"
@@ -125,56 +122,45 @@ int cmd_generate(int argc, char **argv) {
     if (!model) return cli_usage("generate", "no MODEL given");
     cli_install_log(verbose);
     spqr_set_num_threads((int)threads);
-    g_rng = seed >= 0 ? (uint64_t)seed * 0x9E3779B97F4A7C15ull + 1 : (uint64_t)(spqr_now() * 1e9) | 1;
+    g_rng = seed >= 0 ? (uint64_t)seed * 0x9E3779B97F4A7C15ull + 1 : (uint64_t)(cli_now() * 1e9) | 1;
     spqr_model *m = NULL;
     spqr_status st = spqr_model_load(model, tokp, &m);
     if (st) return cli_fail(st);
     spqr_tokenizer *tok = spqr_model_tokenizer(m);
     if (!tok) {
         spqr_model_free(m);
-        spqr_fail(SPQR_ERR_INVALID_ARG, "%s: no tokenizer; give one with --tokenizer", model);
-        return cli_fail(SPQR_ERR_INVALID_ARG);
+        return cli_error("%s: no tokenizer; give one with --tokenizer", model);
     }
     int32_t *ids = NULL;
     size_t np = 0;
     st = spqr_tokenizer_encode(tok, prompt, strlen(prompt), 1, &ids, &np);
     spqr_session *s = NULL;
-    spqr_gpu_model *g = NULL;
-    spqr_gpu_session *gs = NULL;
-    if (!st && gpu) {
-        spqr_status e = spqr_gpu_model_new(m, &g);
-        if (!e) e = spqr_gpu_session_new(g, &gs);
-        if (e == SPQR_ERR_NO_DEVICE) {
-            fprintf(stderr, "spqr: warning: %s; running on the CPU\n", spqr_last_error());
-            spqr_gpu_model_free(g);
-            g = NULL;
-        } else {
-            st = e;
-        }
-    }
-    if (!st && !gs) st = spqr_session_new(m, &s);
-    int V = m->cfg.vocab_size;
+    if (!st && gpu) st = spqr_model_set_device(m, SPQR_DEVICE_AUTO);
+    if (!st) st = spqr_session_new(m, &s);
+    const spqr_config *cfg = spqr_model_config(m);
+    int V = cfg->vocab_size;
     float *probs = malloc(sizeof(float) * (size_t)V);
     prob_idx *pi = malloc(sizeof(prob_idx) * (size_t)V);
-    if (!st && (!probs || !pi)) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    if (steps > m->cfg.max_seq_len) steps = m->cfg.max_seq_len;
-    double t0 = spqr_now(), t1 = 0;
+    int rc = 0;
+    if (!st && (!probs || !pi)) rc = cli_error("out of memory");
+    if (steps > cfg->max_seq_len) steps = cfg->max_seq_len;
+    double t0 = cli_now(), t1 = 0;
     int generated = 0;
-    int32_t token = st ? 0 : ids[0];
-    for (long pos = 0; !st && pos < steps; pos++) {
+    int32_t token = st || rc ? 0 : ids[0];
+    for (long pos = 0; !st && !rc && pos < steps; pos++) {
         const float *logits;
-        st = gs ? spqr_gpu_session_step(gs, token, &logits) : spqr_session_step(s, token, &logits);
+        st = spqr_session_step(s, token, &logits);
         if (st) break;
         int32_t next;
         if ((size_t)pos + 1 < np) next = ids[pos + 1];
         else if (temp == 0) next = argmax(logits, V);
         else next = sample(logits, V, (float)temp, (float)topp, probs, pi);
-        if (next == m->cfg.bos_id || next == m->cfg.eos_id) break;
+        if (next == cfg->bos_id || next == cfg->eos_id) break;
         size_t len;
         const char *piece = spqr_tokenizer_decode(tok, token, next, &len);
         safe_print(piece, len);
         token = next;
-        if (pos == 0) t1 = spqr_now();
+        if (pos == 0) t1 = cli_now();
         generated++;
     }
     fflush(stdout); /* stdout holds exactly the generated text: no trailing newline added */
@@ -182,11 +168,10 @@ int cmd_generate(int argc, char **argv) {
     free(probs);
     free(pi);
     spqr_session_free(s);
-    spqr_gpu_session_free(gs);
-    spqr_gpu_model_free(g);
     spqr_model_free(m);
+    if (rc) return rc;
     if (st) return cli_fail(st);
-    double el = spqr_now() - (t1 > 0 ? t1 : t0);
+    double el = cli_now() - (t1 > 0 ? t1 : t0);
     if (generated > 1) fprintf(stderr, "spqr generate: %d tokens, %.1f tokens/s\n", generated, (generated - 1) / el);
     return 0;
 }

@@ -5,9 +5,6 @@
 
 #include "../model/model.h"
 
-/* BOS + ids of text after CRLF -> LF. *ids owned by caller. */
-spqr_status spqr_eval_tokenize(spqr_model *m, const char *text, size_t len, int32_t **ids, size_t *n_ids);
-
 /* Perplexity over already-tokenized ids (ids[0] = BOS), windows of S.
  * progress (optional) is called after each batch with (done, total) windows. */
 spqr_status spqr_eval_tokens(spqr_model *m, const int32_t *ids, size_t n_ids, int S, spqr_ppl_result *res,

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../model/gpu/gpu_model.h"
 #include "../model/model.h"
 #include "../tokenizer/tokenizer.h"
 #include "eval.h"
@@ -14,19 +15,6 @@
 #define HEAD_CHUNK 512
 
 /* Copy of text with every "\r\n" turned into "\n". */
-static char *crlf_to_lf(const char *text, size_t len, size_t *out_len) {
-    char *o = malloc(len + 1);
-    if (!o) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (text[i] == '\r' && i + 1 < len && text[i + 1] == '\n') continue;
-        o[k++] = text[i];
-    }
-    o[k] = 0;
-    *out_len = k;
-    return o;
-}
-
 /* Sum over rows t of -log softmax(logits[t])[target[t]], in double. */
 static double nll_rows(const float *logits, int n, int vocab, const int32_t *target) {
     double total = 0.0;
@@ -48,6 +36,7 @@ spqr_status spqr_eval_tokens(spqr_model *m, const int32_t *ids, size_t n_ids, in
     int64_t windows = (int64_t)(n_ids / (size_t)S);
     if (windows == 0)
         return spqr_fail(SPQR_ERR_INVALID_ARG, "text has %zu tokens, fewer than one window of %d", n_ids, S);
+    if (m->gpu) return spqr_gpu_eval_nll(m->gpu, ids, n_ids, S, res);
     int per = TARGET_BATCH_TOKENS / S;
     if (per < 1) per = 1;
     size_t D = (size_t)c->dim, V = (size_t)c->vocab_size;
@@ -87,17 +76,6 @@ spqr_status spqr_eval_tokens(spqr_model *m, const int32_t *ids, size_t n_ids, in
     return SPQR_OK;
 }
 
-spqr_status spqr_eval_tokenize(spqr_model *m, const char *text, size_t len, int32_t **ids, size_t *n_ids) {
-    if (!m->tok) return spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the model has no tokenizer", m->path);
-    if (len == 0) return spqr_fail(SPQR_ERR_INVALID_ARG, "the evaluation text is empty");
-    size_t n;
-    char *norm = crlf_to_lf(text, len, &n);
-    if (!norm) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    spqr_status st = spqr_tokenizer_encode(m->tok, norm, n, 1, ids, n_ids);
-    free(norm);
-    return st;
-}
-
 spqr_status spqr_eval_perplexity(spqr_model *m, const char *text, size_t len, int seqlen, spqr_ppl_result *res) {
     if (!m || !text || !res) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_eval_perplexity: bad arguments");
     if (seqlen < 2) return spqr_fail(SPQR_ERR_INVALID_ARG, "seqlen %d is too small (need at least 2)", seqlen);
@@ -109,5 +87,20 @@ spqr_status spqr_eval_perplexity(spqr_model *m, const char *text, size_t len, in
     spqr_status st = spqr_eval_tokenize(m, text, len, &ids, &n);
     if (!st) st = spqr_eval_tokens(m, ids, n, seqlen, res, NULL, NULL);
     free(ids);
+    return st;
+}
+
+spqr_status spqr_eval_perplexity_ids(spqr_model *m, const int32_t *ids, size_t n_ids, int seqlen,
+                                     int64_t max_windows, spqr_ppl_result *res, spqr_progress_fn progress,
+                                     void *user) {
+    if (!m || !ids || !res) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_eval_perplexity_ids: bad arguments");
+    if (seqlen < 2) return spqr_fail(SPQR_ERR_INVALID_ARG, "seqlen %d is too small (need at least 2)", seqlen);
+    if (seqlen > m->cfg.max_seq_len)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "seqlen %d is longer than the model's context of %d tokens", seqlen,
+                         m->cfg.max_seq_len);
+    size_t n_eval = n_ids;
+    if (max_windows > 0 && n_eval / (size_t)seqlen > (size_t)max_windows) n_eval = (size_t)max_windows * (size_t)seqlen;
+    spqr_status st = spqr_eval_tokens(m, ids, n_eval, seqlen, res, progress, user);
+    res->tokens_total = (int64_t)n_ids;
     return st;
 }

@@ -7,6 +7,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "gpu/gpu_model.h"
 #include "model.h"
 
 void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
@@ -234,6 +235,7 @@ spqr_status spqr_forward(spqr_model *m, const int32_t *tokens, int T, float *log
         return spqr_fail(SPQR_ERR_INVALID_ARG, "%d tokens exceed the model's context of %d", T, m->cfg.max_seq_len);
     spqr_status st = check_tokens(m, tokens, T);
     if (st) return st;
+    if (m->gpu) return spqr_gpu_forward(m->gpu, tokens, 1, T, logits);
     float *X = spqr_malloc_array((size_t)T, (size_t)m->cfg.dim * sizeof(float));
     if (!X) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     spqr_embed(m, tokens, T, X);
@@ -247,6 +249,7 @@ spqr_status spqr_forward(spqr_model *m, const int32_t *tokens, int T, float *log
 
 struct spqr_session {
     spqr_model *m;
+    spqr_gpu_session *gs; /* the session runs on the GPU */
     int pos;
     float *kc, *vc; /* [n_layers][max_seq][kvd] */
     float *x, *logits;
@@ -256,6 +259,16 @@ spqr_status spqr_session_new(spqr_model *m, spqr_session **out) {
     *out = NULL;
     spqr_session *s = calloc(1, sizeof *s);
     if (!s) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
+    s->m = m;
+    if (m->gpu) {
+        spqr_status st = spqr_gpu_session_new(m->gpu, &s->gs);
+        if (st) {
+            free(s);
+            return st;
+        }
+        *out = s;
+        return SPQR_OK;
+    }
     size_t kvd = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim;
     size_t n = (size_t)m->cfg.n_layers * (size_t)m->cfg.max_seq_len;
     s->m = m;
@@ -274,6 +287,7 @@ spqr_status spqr_session_new(spqr_model *m, spqr_session **out) {
 
 void spqr_session_free(spqr_session *s) {
     if (!s) return;
+    spqr_gpu_session_free(s->gs);
     free(s->kc);
     free(s->vc);
     free(s->x);
@@ -281,7 +295,7 @@ void spqr_session_free(spqr_session *s) {
     free(s);
 }
 
-int spqr_session_pos(const spqr_session *s) { return s->pos; }
+int spqr_session_pos(const spqr_session *s) { return s->gs ? spqr_gpu_session_pos(s->gs) : s->pos; }
 
 spqr_status spqr_session_step(spqr_session *s, int32_t token, const float **logits) {
     spqr_model *m = s->m;
@@ -289,6 +303,7 @@ spqr_status spqr_session_step(spqr_session *s, int32_t token, const float **logi
         return spqr_fail(SPQR_ERR_INVALID_ARG, "context of %d tokens is full", m->cfg.max_seq_len);
     spqr_status st = check_tokens(m, &token, 1);
     if (st) return st;
+    if (s->gs) return spqr_gpu_session_step(s->gs, token, logits);
     size_t kvd = (size_t)m->cfg.n_kv_heads * m->cfg.head_dim, S = (size_t)m->cfg.max_seq_len;
     spqr_embed(m, &token, 1, s->x);
     for (int l = 0; l < m->cfg.n_layers && !st; l++)

@@ -170,11 +170,9 @@ static spqr_status get_linear(spqr_model *m, const ctx_t *cx, const char *prefix
                               bool bias, spqr_linear *l) {
     char name[300];
     snprintf(name, sizeof name, "%s.weight", prefix);
-    memset(l, 0, sizeof *l);
-    l->kind = SPQR_LIN_DENSE;
-    l->rows = (int)rows;
-    l->cols = (int)cols;
-    spqr_status st = get_tensor(m, cx, name, rows, cols, true, &l->w);
+    spqr_tensor w;
+    spqr_status st = get_tensor(m, cx, name, rows, cols, true, &w);
+    if (!st) st = spqr_linear_set_dense(l, w.data, w.dt, (int)rows, (int)cols);
     if (st || !bias) return st;
     snprintf(name, sizeof name, "%s.bias", prefix);
     return get_vec(m, cx, name, rows, &l->bias);
@@ -185,7 +183,7 @@ static void st_free(void *p) {
     free(p);
 }
 
-spqr_status spqr_load_hf(const char *dir, spqr_model *m) {
+static spqr_status load_hf(const char *dir, spqr_model *m) {
     char *cfg_path = spqr_path_join(dir, "config.json");
     if (!cfg_path) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     char *txt = NULL;
@@ -214,7 +212,6 @@ spqr_status spqr_load_hf(const char *dir, spqr_model *m) {
 
     const spqr_config *c = &m->cfg;
     ctx_t cx = {set, dir, dt, has_dt};
-    int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     st = get_tensor(m, &cx, "model.embed_tokens.weight", c->vocab_size, c->dim, true, &m->tok_emb);
     if (!st) st = get_vec(m, &cx, "model.norm.weight", c->dim, &m->final_norm);
     if (!st) {
@@ -222,10 +219,7 @@ spqr_status spqr_load_hf(const char *dir, spqr_model *m) {
         if (c->tied_embeddings || !lm) {
             if (!c->tied_embeddings)
                 return spqr_fail(SPQR_ERR_FORMAT, "%s: lm_head.weight is missing and embeddings are not tied", dir);
-            m->head.kind = SPQR_LIN_DENSE;
-            m->head.rows = c->vocab_size;
-            m->head.cols = c->dim;
-            m->head.w = m->tok_emb;
+            st = spqr_linear_set_dense(&m->head, m->tok_emb.data, m->tok_emb.dt, c->vocab_size, c->dim);
         } else {
             st = get_linear(m, &cx, "lm_head", c->vocab_size, c->dim, false, &m->head);
         }
@@ -233,9 +227,8 @@ spqr_status spqr_load_hf(const char *dir, spqr_model *m) {
     if (st) return st;
     m->blocks = calloc((size_t)c->n_layers, sizeof(spqr_block));
     if (!m->blocks) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    const int64_t shapes[SPQR_LIN_PER_BLOCK][2] = {{qd, c->dim}, {kvd, c->dim}, {kvd, c->dim}, {c->dim, qd},
-                                                   {c->hidden_dim, c->dim}, {c->hidden_dim, c->dim},
-                                                   {c->dim, c->hidden_dim}};
+    int64_t shapes[SPQR_LIN_PER_BLOCK][2];
+    spqr_linear_shapes(c, shapes);
     for (int l = 0; l < c->n_layers && !st; l++) {
         char name[256];
         spqr_block *b = &m->blocks[l];
@@ -267,3 +260,7 @@ spqr_status spqr_load_hf(const char *dir, spqr_model *m) {
     free(tj);
     return st;
 }
+
+static bool probe_hf(const char *path) { return spqr_is_dir(path); }
+
+const spqr_loader spqr_loader_hf = {"hf", probe_hf, load_hf};

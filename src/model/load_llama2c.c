@@ -16,7 +16,7 @@ static void map_free(void *p) {
     free(p);
 }
 
-spqr_status spqr_load_llama2c(const char *path, spqr_model *m) {
+static spqr_status load_llama2c(const char *path, spqr_model *m) {
     spqr_mmap *mp = calloc(1, sizeof *mp);
     if (!mp) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     spqr_status st = spqr_mmap_open(path, mp);
@@ -77,10 +77,8 @@ spqr_status spqr_load_llama2c(const char *path, spqr_model *m) {
     const float *w3 = p; p += L * F * D;
     m->final_norm = p; p += D;
     p += S * (size_t)c->head_dim; /* freq_cis_real + freq_cis_imag */
-    m->head.kind = SPQR_LIN_DENSE;
-    m->head.rows = (int)V;
-    m->head.cols = (int)D;
-    m->head.w = shared ? m->tok_emb : (spqr_tensor){p, SPQR_DT_F32, (int64_t)V, (int64_t)D};
+    st = spqr_linear_set_dense(&m->head, shared ? m->tok_emb.data : p, SPQR_DT_F32, (int)V, (int)D);
+    if (st) return st;
     m->nonfinite = spqr_count_nonfinite((const char *)mp->data + 28, SPQR_DT_F32, n_floats);
 
     m->blocks = calloc(L, sizeof(spqr_block));
@@ -91,14 +89,16 @@ spqr_status spqr_load_llama2c(const char *path, spqr_model *m) {
         b->ffn_norm = rms_ffn + l * D;
         const float *src[SPQR_LIN_PER_BLOCK] = {wq + l * D * D, wk + l * KV * D, wv + l * KV * D, wo + l * D * D,
                                                 w1 + l * F * D, w3 + l * F * D, w2 + l * D * F};
-        const size_t shp[SPQR_LIN_PER_BLOCK][2] = {{D, D}, {KV, D}, {KV, D}, {D, D}, {F, D}, {F, D}, {D, F}};
-        for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
-            spqr_linear *li = &b->lin[k];
-            li->kind = SPQR_LIN_DENSE;
-            li->rows = (int)shp[k][0];
-            li->cols = (int)shp[k][1];
-            li->w = (spqr_tensor){src[k], SPQR_DT_F32, (int64_t)shp[k][0], (int64_t)shp[k][1]};
-        }
+        int64_t shp[SPQR_LIN_PER_BLOCK][2];
+        spqr_linear_shapes(c, shp);
+        for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++)
+            if ((st = spqr_linear_set_dense(&b->lin[k], src[k], SPQR_DT_F32, (int)shp[k][0], (int)shp[k][1])))
+                return st;
     }
     return SPQR_OK;
 }
+
+/* the fallback: any regular file that no other loader claims */
+static bool probe_llama2c(const char *path) { return !spqr_is_dir(path) && spqr_file_exists(path); }
+
+const spqr_loader spqr_loader_llama2c = {"llama2c", probe_llama2c, load_llama2c};

@@ -2,23 +2,15 @@
  * mapped and validated, every tensor is used in place (no copies except the
  * small float norms when needed), quantized linears become packed linears. */
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../format/container.h"
-#include "../format/model_file.h"
-#include "../format/packed.h"
+#include "../io/container.h"
+#include "model_file.h"
 #include "../tokenizer/tokenizer.h"
 #include "model.h"
-
-static const char *const k_sections[] = {"codes", "stat_codes", "stats2", "stats", "perm", "ol_count", "ol_col",
-                                         "ol_val"};
-
-void spqr_packed_free_ptr(struct spqr_packed *p) {
-    spqr_packed_free(p);
-    free(p);
-}
 
 static void cont_free(void *p) { spqr_container_close(p); }
 
@@ -58,49 +50,52 @@ static const cJSON *find_layer(const cJSON *layers, const char *name) {
     return NULL;
 }
 
-static spqr_status load_packed(spqr_container *c, const char *path, const cJSON *layers, const char *base,
-                               int rows, int cols, spqr_packed **out) {
-    const cJSON *lj = find_layer(layers, base);
-    if (!lj) return spqr_fail(SPQR_ERR_FORMAT, "%s: no metadata for layer %s", path, base);
-    spqr_packed_geom g;
-    if (!jint(lj, "rows", 1, 1 << 30, &g.rows) || !jint(lj, "cols", 1, 1 << 30, &g.cols) ||
-        !jint(lj, "wbits", 1, 16, &g.wbits) || !jint(lj, "beta1", 0, 1 << 30, &g.beta1) ||
-        !jint(lj, "beta2", 0, 1 << 30, &g.beta2) || !jint(lj, "sbits", 0, 16, &g.sbits) ||
-        !jint(lj, "zbits", 0, 16, &g.zbits))
-        return spqr_fail(SPQR_ERR_FORMAT, "%s: bad geometry in the metadata of layer %s", path, base);
-    g.ocw = 0; /* layout 1: counts of the index width */
-    if (cJSON_GetObjectItemCaseSensitive(lj, "ocw") && !jint(lj, "ocw", 0, 4, &g.ocw))
-        return spqr_fail(SPQR_ERR_FORMAT, "%s: bad outlier count width in the metadata of layer %s", path, base);
-    if (g.rows != rows || g.cols != cols)
-        return spqr_fail(SPQR_ERR_FORMAT, "%s: layer %s is %dx%d but the config implies %dx%d", path, base, g.rows,
-                         g.cols, rows, cols);
-    spqr_packed_section sec[SPQR_PACKED_MAX_SECTIONS];
-    int n = 0;
-    for (size_t i = 0; i < sizeof k_sections / sizeof *k_sections; i++) {
-        size_t bytes;
-        if (spqr_packed_section_bytes(&g, k_sections[i], 0, &bytes) != SPQR_OK) continue; /* not of this kind */
-        char name[256];
-        snprintf(name, sizeof name, "%s.%s", base, k_sections[i]);
-        spqr_ctensor t;
-        spqr_status st = spqr_container_find(c, name, &t);
-        if (st) return st;
-        sec[n++] = (spqr_packed_section){k_sections[i], t.data, t.nbytes};
-    }
-    spqr_packed *pk = calloc(1, sizeof *pk);
-    if (!pk) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    spqr_status st = spqr_packed_from_sections(&g, sec, n, pk);
-    if (st) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", spqr_last_error());
-        spqr_status s2 = spqr_fail(st, "%s: layer %s: %s", path, base, why);
-        free(pk);
-        return s2;
-    }
-    *out = pk;
+typedef struct {
+    spqr_container *c;
+    const char *base; /* "blk.L.<linear>" */
+} find_ctx;
+
+static spqr_status find_section(void *ctx, const char *name, spqr_qsection *out) {
+    const find_ctx *f = ctx;
+    char full[300];
+    snprintf(full, sizeof full, "%s.%s", f->base, name);
+    spqr_ctensor t;
+    spqr_status st = spqr_container_find(f->c, full, &t);
+    if (st) return st;
+    *out = (spqr_qsection){name, t.dtype, t.data, t.nbytes};
     return SPQR_OK;
 }
 
-spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
+/* Linear `base` ("blk.L.q_proj"): its metadata names its format ("layout";
+ * files of model layouts 1-2 have SpQR-packed layers without the key); a
+ * linear without metadata is dense ("<base>.weight"). */
+static spqr_status load_linear(spqr_container *c, const char *path, int mver, const cJSON *layers, const char *base,
+                               spqr_linear *li) {
+    const cJSON *lj = find_layer(layers, base);
+    const spqr_qformat *fmt = &spqr_qformat_dense;
+    if (lj) {
+        const cJSON *lay = cJSON_GetObjectItemCaseSensitive(lj, "layout");
+        if (mver >= 3 && !cJSON_IsString(lay))
+            return spqr_fail(SPQR_ERR_FORMAT, "%s: layer %s has no \"layout\"", path, base);
+        const char *name = cJSON_IsString(lay) ? lay->valuestring : "spqr";
+        fmt = spqr_qformat_find(name);
+        if (!fmt)
+            return spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: layer %s has layout '%s', which this build does not know",
+                             path, base, name);
+    }
+    find_ctx f = {c, base};
+    void *payload = NULL;
+    spqr_status st = fmt->open(lj, li->rows, li->cols, find_section, &f, &payload);
+    if (st) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", spqr_last_error());
+        return spqr_fail(st, "%s: layer %s: %s", path, base, why);
+    }
+    spqr_linear_set(li, fmt, payload, li->rows, li->cols);
+    return SPQR_OK;
+}
+
+static spqr_status load_spqr(const char *path, spqr_model *m) {
     spqr_container *c = NULL;
     spqr_status st = spqr_container_open(path, &c);
     if (st) return st;
@@ -128,12 +123,15 @@ spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
     spqr_config *k = &m->cfg;
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(cfg, "norm_eps");
     const cJSON *theta = cJSON_GetObjectItemCaseSensitive(cfg, "rope_theta");
-    if (!jint(cfg, "dim", 1, 1 << 20, &k->dim) || !jint(cfg, "hidden_dim", 1, 1 << 22, &k->hidden_dim) ||
-        !jint(cfg, "n_layers", 1, 4096, &k->n_layers) || !jint(cfg, "n_heads", 1, 4096, &k->n_heads) ||
-        !jint(cfg, "n_kv_heads", 1, 4096, &k->n_kv_heads) || !jint(cfg, "head_dim", 1, 4096, &k->head_dim) ||
-        !jint(cfg, "vocab_size", 1, 1 << 24, &k->vocab_size) ||
-        !jint(cfg, "max_seq_len", 1, 1 << 24, &k->max_seq_len) || !jint(cfg, "bos_id", -1, 1 << 24, &k->bos_id) ||
-        !jint(cfg, "eos_id", -1, 1 << 24, &k->eos_id) || !cJSON_IsNumber(eps) || !cJSON_IsNumber(theta)) {
+    /* integers here; their plausible ranges are spqr_config_check's */
+    if (!jint(cfg, "dim", INT_MIN, INT_MAX, &k->dim) || !jint(cfg, "hidden_dim", INT_MIN, INT_MAX, &k->hidden_dim) ||
+        !jint(cfg, "n_layers", INT_MIN, INT_MAX, &k->n_layers) || !jint(cfg, "n_heads", INT_MIN, INT_MAX, &k->n_heads) ||
+        !jint(cfg, "n_kv_heads", INT_MIN, INT_MAX, &k->n_kv_heads) ||
+        !jint(cfg, "head_dim", INT_MIN, INT_MAX, &k->head_dim) ||
+        !jint(cfg, "vocab_size", INT_MIN, INT_MAX, &k->vocab_size) ||
+        !jint(cfg, "max_seq_len", INT_MIN, INT_MAX, &k->max_seq_len) ||
+        !jint(cfg, "bos_id", -1, 1 << 24, &k->bos_id) || !jint(cfg, "eos_id", -1, 1 << 24, &k->eos_id) ||
+        !cJSON_IsNumber(eps) || !cJSON_IsNumber(theta)) {
         cJSON_Delete(root);
         return spqr_fail(SPQR_ERR_FORMAT, "%s: incomplete model config in the metadata", path);
     }
@@ -162,22 +160,20 @@ spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
         if (!st) st = spqr_container_find(c, "tokenizer", &t);
         if (!st) st = spqr_tokenizer_load_mem(tkind, t.data, t.nbytes, path, &m->tok);
     }
-    int64_t D = k->dim, V = k->vocab_size, F = k->hidden_dim;
-    int64_t qd = (int64_t)k->n_heads * k->head_dim, kvd = (int64_t)k->n_kv_heads * k->head_dim;
+    int64_t D = k->dim, V = k->vocab_size;
     spqr_tensor t;
     if (!st) st = get_dense(c, path, "token_embd", V, D, false, &m->tok_emb);
     if (!st) st = get_dense(c, path, "output_norm", 1, D, true, &t);
     if (!st) m->final_norm = t.data;
-    m->head.kind = SPQR_LIN_DENSE;
-    m->head.rows = (int)V;
-    m->head.cols = (int)D;
-    if (!st && k->tied_embeddings) m->head.w = m->tok_emb;
-    else if (!st) st = get_dense(c, path, "output", V, D, false, &m->head.w);
+    if (!st && !k->tied_embeddings) st = get_dense(c, path, "output", V, D, false, &t);
+    if (!st) st = spqr_linear_set_dense(&m->head, k->tied_embeddings ? m->tok_emb.data : t.data,
+                                        k->tied_embeddings ? m->tok_emb.dt : t.dt, (int)V, (int)D);
     if (!st) {
         m->blocks = calloc((size_t)k->n_layers, sizeof(spqr_block));
         if (!m->blocks) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     }
-    const int64_t shapes[SPQR_LIN_PER_BLOCK][2] = {{qd, D}, {kvd, D}, {kvd, D}, {D, qd}, {F, D}, {F, D}, {D, F}};
+    int64_t shapes[SPQR_LIN_PER_BLOCK][2];
+    spqr_linear_shapes(k, shapes);
     for (int l = 0; l < k->n_layers && !st; l++) {
         spqr_block *b = &m->blocks[l];
         char name[160];
@@ -191,15 +187,8 @@ spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
             spqr_linear *li = &b->lin[j];
             li->rows = (int)shapes[j][0];
             li->cols = (int)shapes[j][1];
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, spqr_linear_names[j]);
-            if (spqr_container_index(c, name) >= 0) {
-                li->kind = SPQR_LIN_DENSE;
-                st = get_dense(c, path, name, li->rows, li->cols, false, &li->w);
-            } else {
-                li->kind = SPQR_LIN_PACKED;
-                snprintf(name, sizeof name, "blk.%d.%s", l, spqr_linear_names[j]);
-                st = load_packed(c, path, layers, name, li->rows, li->cols, &li->pk);
-            }
+            snprintf(name, sizeof name, "blk.%d.%s", l, spqr_linear_names[j]);
+            st = load_linear(c, path, mver, layers, name, li);
             snprintf(name, sizeof name, "blk.%d.%s.bias", l, spqr_linear_names[j]);
             if (!st && spqr_container_index(c, name) >= 0) {
                 st = get_dense(c, path, name, 1, li->rows, true, &t);
@@ -210,3 +199,20 @@ spqr_status spqr_load_spqr(const char *path, spqr_model *m) {
     cJSON_Delete(root);
     return st;
 }
+
+static bool file_starts_with(const char *path, const char *magic, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    char buf[16] = {0};
+    size_t got = fread(buf, 1, n, f);
+    fclose(f);
+    return got == n && memcmp(buf, magic, n) == 0;
+}
+
+static bool probe_spqr(const char *path) {
+    size_t n = strlen(path);
+    return !spqr_is_dir(path) &&
+           (file_starts_with(path, "\x89SPQR", 5) || (n >= 5 && !strcmp(path + n - 5, ".spqr")));
+}
+
+const spqr_loader spqr_loader_spqr = {"spqr", probe_spqr, load_spqr};

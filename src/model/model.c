@@ -1,4 +1,5 @@
-/* model.c - model handle: detection of the source format, lifetime. */
+/* model.c - model handle: the loader table (which source a path is),
+ * lifetime. */
 #include "model.h"
 
 #include <math.h>
@@ -6,6 +7,7 @@
 #include <stdlib.h>
 
 #include "../tokenizer/tokenizer.h"
+#include "gpu/gpu_model.h"
 
 const char *const spqr_linear_names[SPQR_LIN_PER_BLOCK] = {"q_proj", "k_proj", "v_proj", "o_proj",
                                                             "gate_proj", "up_proj", "down_proj"};
@@ -56,6 +58,13 @@ int64_t spqr_count_nonfinite(const void *data, spqr_dtype dt, size_t n) {
     return bad;
 }
 
+void spqr_linear_shapes(const spqr_config *c, int64_t shapes[SPQR_LIN_PER_BLOCK][2]) {
+    const int64_t D = c->dim, F = c->hidden_dim, qd = (int64_t)c->n_heads * c->head_dim,
+                  kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t s[SPQR_LIN_PER_BLOCK][2] = {{qd, D}, {kvd, D}, {kvd, D}, {D, qd}, {F, D}, {F, D}, {D, F}};
+    memcpy(shapes, s, sizeof s);
+}
+
 spqr_status spqr_config_check(const spqr_config *c, const char *path) {
     if (c->dim <= 0 || c->hidden_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 ||
         c->vocab_size <= 0 || c->max_seq_len <= 0 || c->head_dim <= 0)
@@ -72,18 +81,27 @@ spqr_status spqr_config_check(const spqr_config *c, const char *path) {
     return SPQR_OK;
 }
 
-static bool has_suffix(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
+/* GGUF files are recognised so that they get a clear message */
+static bool probe_gguf(const char *path) {
+    FILE *f = spqr_is_dir(path) ? NULL : fopen(path, "rb");
+    char magic[4] = {0};
+    bool yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    if (f) fclose(f);
+    return yes;
 }
+static spqr_status load_gguf(const char *path, spqr_model *m) {
+    (void)m;
+    return spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: GGUF files are not supported yet", path);
+}
+static const spqr_loader k_loader_gguf = {"gguf", probe_gguf, load_gguf};
 
-static bool file_starts_with(const char *path, const char *magic, size_t n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return false;
-    char buf[16] = {0};
-    size_t got = fread(buf, 1, n, f);
-    fclose(f);
-    return got == n && memcmp(buf, magic, n) == 0;
+static const spqr_loader *const k_loaders[] = {&spqr_loader_hf, &spqr_loader_spqr, &k_loader_gguf,
+                                               &spqr_loader_llama2c};
+
+const spqr_loader *spqr_loader_for(const char *path) {
+    for (size_t i = 0; i < sizeof k_loaders / sizeof *k_loaders; i++)
+        if (k_loaders[i]->probe(path)) return k_loaders[i];
+    return NULL;
 }
 
 spqr_status spqr_model_load(const char *path, const char *tokenizer_path, spqr_model **out) {
@@ -97,16 +115,11 @@ spqr_status spqr_model_load(const char *path, const char *tokenizer_path, spqr_m
         free(m);
         return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     }
-    if (spqr_is_dir(path)) {
-        st = spqr_load_hf(path, m);
-    } else if (!spqr_file_exists(path)) {
+    if (!spqr_is_dir(path) && !spqr_file_exists(path)) {
         st = spqr_fail(SPQR_ERR_IO, "%s: no such file or folder", path);
-    } else if (file_starts_with(path, "\x89SPQR", 5) || has_suffix(path, ".spqr")) {
-        st = spqr_load_spqr(path, m);
-    } else if (file_starts_with(path, "GGUF", 4)) {
-        st = spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: GGUF files are not supported yet", path);
     } else {
-        st = spqr_load_llama2c(path, m);
+        const spqr_loader *ld = spqr_loader_for(path);
+        st = ld ? ld->load(path, m) : spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: not a model this build can read", path);
     }
     if (!st && tokenizer_path) {
         spqr_tokenizer *t = NULL;
@@ -130,15 +143,14 @@ spqr_status spqr_model_load(const char *path, const char *tokenizer_path, spqr_m
     return SPQR_OK;
 }
 
-void spqr_packed_free_ptr(struct spqr_packed *p); /* defined with the packed format */
-
 void spqr_model_free(spqr_model *m) {
     if (!m) return;
     if (m->blocks) {
         for (int l = 0; l < m->cfg.n_layers; l++)
-            for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++)
-                if (m->blocks[l].lin[k].pk) spqr_packed_free_ptr(m->blocks[l].lin[k].pk);
+            for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) spqr_linear_release(&m->blocks[l].lin[k]);
     }
+    spqr_linear_release(&m->head);
+    spqr_gpu_model_free(m->gpu);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->blocks);
@@ -153,3 +165,28 @@ void spqr_model_free(spqr_model *m) {
 const spqr_config *spqr_model_config(const spqr_model *m) { return &m->cfg; }
 spqr_tokenizer *spqr_model_tokenizer(spqr_model *m) { return m->tok; }
 int64_t spqr_model_nonfinite_count(const spqr_model *m) { return m->nonfinite; }
+
+spqr_status spqr_model_set_device(spqr_model *m, spqr_device dev) {
+    if (!m) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_model_set_device: no model");
+    if (dev == SPQR_DEVICE_CPU) {
+        spqr_gpu_model_free(m->gpu);
+        m->gpu = NULL;
+        return SPQR_OK;
+    }
+    if (dev != SPQR_DEVICE_GPU && dev != SPQR_DEVICE_AUTO)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "unknown device %d", (int)dev);
+    if (m->gpu) return SPQR_OK;
+    spqr_gpu_model *g = NULL;
+    spqr_status st = spqr_gpu_model_new(m, &g);
+    if (st == SPQR_OK) {
+        m->gpu = g;
+        return SPQR_OK;
+    }
+    if (dev == SPQR_DEVICE_AUTO && st == SPQR_ERR_NO_DEVICE) {
+        spqr_log(SPQR_LOG_WARN, "%s; running on the CPU", spqr_last_error());
+        return SPQR_OK;
+    }
+    return st;
+}
+
+spqr_device spqr_model_device(const spqr_model *m) { return m && m->gpu ? SPQR_DEVICE_GPU : SPQR_DEVICE_CPU; }

@@ -3,9 +3,8 @@
 #ifndef SPQR_MODEL_H
 #define SPQR_MODEL_H
 
+#include "../format/qformat.h"
 #include "../util/common.h"
-
-struct spqr_packed;
 
 /* A 2-D weight [rows][cols] (or a vector with rows == 1) in its stored dtype,
  * usually pointing into a mapped file. */
@@ -15,16 +14,27 @@ typedef struct spqr_tensor {
     int64_t rows, cols;
 } spqr_tensor;
 
-typedef enum spqr_linear_kind { SPQR_LIN_DENSE = 0, SPQR_LIN_PACKED = 1 } spqr_linear_kind;
-
-/* y = W x (+ bias); W is [rows = out_features][cols = in_features]. */
+/* y = W x (+ bias); W is [rows = out_features][cols = in_features], stored in
+ * some quantized-layer format (format/qformat.h): dense, SpQR, ... */
 typedef struct spqr_linear {
-    spqr_linear_kind kind;
+    const spqr_qformat *fmt;   /* NULL only before a loader filled it        */
+    void *payload;             /* owned: released with fmt->free             */
     int rows, cols;
-    spqr_tensor w;             /* DENSE                                     */
-    struct spqr_packed *pk;    /* PACKED (owned by the model)               */
-    const float *bias;         /* optional [rows] float32, NULL if none     */
+    const float *bias;         /* optional [rows] float32, NULL if none      */
 } spqr_linear;
+
+/* The dense weight of l, or NULL when l is stored in another format. */
+static inline const spqr_dense *spqr_linear_dense(const spqr_linear *l) {
+    return l->fmt == &spqr_qformat_dense ? (const spqr_dense *)l->payload : NULL;
+}
+/* Make l a dense rows x cols linear over data (borrowed) of dtype dt,
+ * releasing its previous payload. The bias is kept. */
+spqr_status spqr_linear_set_dense(spqr_linear *l, const void *data, spqr_dtype dt, int rows, int cols);
+/* Make l a linear of format fmt with payload (ownership moves to l),
+ * releasing the previous payload. */
+void spqr_linear_set(spqr_linear *l, const spqr_qformat *fmt, void *payload, int rows, int cols);
+/* Release the payload (fmt->free) and clear format and payload. */
+void spqr_linear_release(spqr_linear *l);
 
 enum { SPQR_LIN_Q, SPQR_LIN_K, SPQR_LIN_V, SPQR_LIN_O, SPQR_LIN_GATE, SPQR_LIN_UP, SPQR_LIN_DOWN, SPQR_LIN_PER_BLOCK };
 extern const char *const spqr_linear_names[SPQR_LIN_PER_BLOCK]; /* "q_proj", ... */
@@ -49,6 +59,7 @@ struct spqr_model {
     char *provenance;           /* JSON text for .spqr files, else NULL      */
     char *config_json;          /* original config.json text (HF), or NULL   */
     int64_t nonfinite;
+    struct spqr_gpu_model *gpu; /* the GPU backend when the model runs there */
 
     /* storage owned by the model */
     void *storage;              /* loader-specific (st_set, mmap, container) */
@@ -63,12 +74,23 @@ spqr_status spqr_model_own(spqr_model *m, void *p);
 spqr_status spqr_model_f32_copy(spqr_model *m, const void *src, spqr_dtype dt, size_t n, const float **out);
 
 spqr_status spqr_model_alloc(spqr_model **out);
+/* [rows][cols] of the linears q..down of a block (spqr_linear_names order). */
+void spqr_linear_shapes(const spqr_config *c, int64_t shapes[SPQR_LIN_PER_BLOCK][2]);
 /* Check a config for sane values (positive sizes, divisibility, ...). */
 spqr_status spqr_config_check(const spqr_config *c, const char *path);
 
-spqr_status spqr_load_hf(const char *dir, spqr_model *m);
-spqr_status spqr_load_llama2c(const char *path, spqr_model *m);
-spqr_status spqr_load_spqr(const char *path, spqr_model *m);
+/* Model sources: each loader module (load_*.c) provides a probe (does this
+ * path look like mine?) and a load; loaders.c lists them in the order they
+ * are tried. */
+typedef struct spqr_loader {
+    const char *name;
+    bool (*probe)(const char *path);
+    spqr_status (*load)(const char *path, spqr_model *m);
+} spqr_loader;
+extern const spqr_loader spqr_loader_hf, spqr_loader_spqr, spqr_loader_llama2c;
+/* The loader whose probe accepts path (the last one, llama2.c, accepts any
+ * regular file), or NULL when none does. */
+const spqr_loader *spqr_loader_for(const char *path);
 
 /* Count NaN/Inf in a float-like buffer. */
 int64_t spqr_count_nonfinite(const void *data, spqr_dtype dt, size_t n);

@@ -7,16 +7,19 @@
  * quantized in the order q,k,v -> o -> gate,up -> down, each stage seeing
  * the outputs of the already-quantized ones ("true sequential"); finally X
  * is propagated through the quantized block to feed block i+1. Only one
- * block's weights (float32) and the activations are ever in memory. */
+ * block's weights (float32) and the activations are ever in memory.
+ *
+ * Any registered method runs here (quantizer.h): the Hessians are computed
+ * only for methods that need them, and for methods with a tune_block hook a
+ * second activation stream (the fp model's, on fp inputs) gives the hook the
+ * fp block's output as its target. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <xxhash.h>
 
-#include "../eval/eval.h"
-#include "../format/model_file.h"
-#include "../format/packed.h"
+#include "../model/model_file.h"
 #include "pipeline.h"
 
 #define SEQ_BATCH_TOKENS 4096 /* tokens per forward batch during calibration */
@@ -24,7 +27,6 @@
 
 void spqr_quant_opts_default(spqr_quant_opts *o) {
     memset(o, 0, sizeof *o);
-    spqr_qparams_default(&o->qp, SPQR_METHOD_SPQR);
     o->nsamples = 128;
     o->seqlen = 0; /* min(2048, context) */
     o->seed = 0;
@@ -107,6 +109,7 @@ typedef struct {
     spqr_model *m;
     const spqr_quant_opts *o;
     float *X;        /* [N*S][dim] activations entering the current block */
+    float *Xfp;      /* [N*S][dim] the fp model's activations (tune_block) */
     float *Xs;       /* scratch copy for partial forwards                 */
     int N, S, per;   /* windows, window length, windows per batch          */
     double t0;
@@ -147,57 +150,59 @@ static spqr_status stage_hessian(pipe_t *p, int l, int which, int cols, double *
     return SPQR_OK;
 }
 
-static spqr_status quantize_linear(pipe_t *p, int l, int k, const double *H, float **deq_out) {
+static void progress_layer(pipe_t *p, int l, int k, const spqr_linear *lin, const spqr_qlayer_report *rep,
+                           double real_bits, double t0) {
+    p->layers_done++;
+    if (!p->o->progress) return;
+    spqr_quant_progress d;
+    memset(&d, 0, sizeof d);
+    d.block = l;
+    d.n_blocks = p->m->cfg.n_layers;
+    d.layer = spqr_linear_names[k];
+    d.rows = lin->rows;
+    d.cols = lin->cols;
+    d.weight_rel_err = rep->weight_rel_err;
+    d.hessian_rel_err = rep->hessian_rel_err;
+    d.outlier_share = rep->outlier_share;
+    d.formula_bits = rep->formula_bits;
+    d.real_bits = real_bits;
+    d.seconds = spqr_now() - t0;
+    d.elapsed = spqr_now() - p->t0;
+    d.eta = d.elapsed / p->layers_done * (p->layers_total - p->layers_done);
+    p->o->progress(p->o->user, &d);
+}
+
+/* Quantize linear k of block l with the method; *deq_out receives the
+ * committed weights (float32) and *q the layer in the method's format. */
+static spqr_status quantize_linear(pipe_t *p, int l, int k, const double *H, float **deq_out, spqr_linear *q) {
     spqr_linear *lin = &p->m->blocks[l].lin[k];
     size_t R = (size_t)lin->rows, C = (size_t)lin->cols;
     float *W = spqr_malloc_array(R * C, sizeof(float));
-    if (!W) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    spqr_to_f32(lin->w.data, lin->w.dt, R * C, W);
+    float *deq = spqr_malloc_array(R * C, sizeof(float));
+    spqr_status st = W && deq ? lin->fmt->dequantize(lin->payload, W) : spqr_fail(SPQR_ERR_NOMEM, "out of memory");
     double t0 = spqr_now();
-    spqr_qlayer q;
     spqr_qlayer_report rep;
-    memset(&q, 0, sizeof q);
-    spqr_status st = spqr_quantize_layer(W, (int)R, (int)C, H, &p->o->qp, &q, &rep);
+    memset(&rep, 0, sizeof rep);
+    const spqr_qformat *fmt = NULL;
+    void *payload = NULL;
+    if (!st) st = p->o->method->quantize_layer(p->o->params, W, (int)R, (int)C, H, &fmt, &payload, deq, &rep);
+    free(W);
     if (st) {
-        free(W);
+        free(deq);
         char why[512];
         snprintf(why, sizeof why, "%s", spqr_last_error());
         return spqr_fail(st, "block %d %s: %s", l, spqr_linear_names[k], why);
     }
-    spqr_qlayer_dequantize(&q, W); /* W now holds the simulated weights */
-    spqr_packed pk;
-    memset(&pk, 0, sizeof pk);
-    st = spqr_pack(&q, &pk);
-    spqr_qlayer_free(&q);
-    if (!st && p->w) st = spqr_mwriter_add_packed(p->w, l, k, &pk, lin->bias);
-    double real_bits = 8.0 * (double)spqr_packed_bytes(&pk) / (double)(R * C);
-    if (!st) {
-        p->sum->quantized_params += (int64_t)(R * C);
-        p->sum->quantized_bytes += (int64_t)spqr_packed_bytes(&pk);
-        p->sum->n_outliers += rep.n_outliers;
-        p->formula_bits_params += rep.formula_bits * (double)(R * C);
-    }
-    spqr_packed_free(&pk);
-    if (st) {
-        free(W);
-        return st;
-    }
-    p->layers_done++;
-    if (p->o->on_layer) {
-        spqr_layer_done d;
-        d.block = l;
-        d.n_blocks = p->m->cfg.n_layers;
-        d.name = spqr_linear_names[k];
-        d.rows = (int)R;
-        d.cols = (int)C;
-        d.rep = rep;
-        d.real_bits = real_bits;
-        d.seconds = spqr_now() - t0;
-        d.elapsed = spqr_now() - p->t0;
-        d.eta = d.elapsed / p->layers_done * (p->layers_total - p->layers_done);
-        p->o->on_layer(p->o->user, &d);
-    }
-    *deq_out = W;
+    memset(q, 0, sizeof *q);
+    spqr_linear_set(q, fmt, payload, (int)R, (int)C);
+    q->bias = lin->bias;
+    const size_t bytes = fmt->bytes(payload);
+    p->sum->quantized_params += (int64_t)(R * C);
+    p->sum->quantized_bytes += (int64_t)bytes;
+    p->sum->n_outliers += rep.n_outliers;
+    p->formula_bits_params += rep.formula_bits * (double)(R * C);
+    progress_layer(p, l, k, lin, &rep, 8.0 * (double)bytes / (double)(R * C), t0);
+    *deq_out = deq;
     return SPQR_OK;
 }
 
@@ -205,78 +210,143 @@ static const int k_stage_first[4] = {SPQR_LIN_Q, SPQR_LIN_O, SPQR_LIN_GATE, SPQR
 static const int k_stage_last[4] = {SPQR_LIN_V, SPQR_LIN_O, SPQR_LIN_UP, SPQR_LIN_DOWN};
 static const char *const k_stage_name[4] = {"attention q/k/v", "o_proj", "mlp gate/up", "down_proj"};
 
-static spqr_status run_block(pipe_t *p, int l, float **deq) {
-    spqr_block *b = &p->m->blocks[l];
-    spqr_status st = SPQR_OK;
-    for (int s = 0; s < 4 && !st; s++) {
-        int k0 = k_stage_first[s], k1 = k_stage_last[s];
-        if (p->o->on_stage) p->o->on_stage(p->o->user, l, k_stage_name[s]);
-        double *H = NULL;
-        if (p->o->qp.method != SPQR_METHOD_RTN) st = stage_hessian(p, l, k0, b->lin[k0].cols, &H);
-        for (int k = k0; k <= k1 && !st; k++) {
-            st = quantize_linear(p, l, k, H, &deq[k]);
-            if (!st) { /* later stages see this layer quantized */
-                b->lin[k].w = (spqr_tensor){deq[k], SPQR_DT_F32, b->lin[k].rows, b->lin[k].cols};
-            }
-        }
-        free(H);
-    }
-    if (st) return st;
-    if (!p->X) return SPQR_OK; /* RTN: no calibration activations */
-    /* propagate the calibration activations through the quantized block */
-    if (p->o->on_stage) p->o->on_stage(p->o->user, l, "propagate");
+/* Forward the fp stream through block l (original weights): the target of
+ * a tune_block hook. */
+static spqr_status forward_stream(pipe_t *p, int l, float *X) {
     size_t D = (size_t)p->m->cfg.dim;
-    for (int s0 = 0; s0 < p->N && !st && l + 1 < p->m->cfg.n_layers; s0 += p->per) {
+    spqr_status st = SPQR_OK;
+    for (int s0 = 0; s0 < p->N && !st; s0 += p->per) {
         int ns = p->N - s0 < p->per ? p->N - s0 : p->per;
-        st = spqr_block_forward(p->m, l, p->X + (size_t)s0 * p->S * D, ns, p->S, NULL, NULL);
+        st = spqr_block_forward(p->m, l, X + (size_t)s0 * p->S * D, ns, p->S, NULL, NULL);
     }
     return st;
 }
 
-static char *provenance_json(const spqr_model *m, const spqr_quant_opts *o, int S, uint64_t hash, double secs) {
-    const spqr_qparams *q = &o->qp;
-    const char *method = q->method == SPQR_METHOD_RTN ? "rtn" : q->method == SPQR_METHOD_GPTQ ? "gptq" : "spqr";
-    const char *calib = q->method == SPQR_METHOD_RTN || !o->calib_path ? "" : o->calib_path;
+/* Point l at dense float32 weights w WITHOUT releasing its payload (the
+ * caller keeps the original linears and restores or releases them). */
+static spqr_status simulate(spqr_linear *l, float *w) {
+    spqr_dense *d = malloc(sizeof *d);
+    if (!d) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
+    *d = (spqr_dense){w, SPQR_DT_F32, l->rows, l->cols};
+    l->fmt = &spqr_qformat_dense;
+    l->payload = d;
+    return SPQR_OK;
+}
+
+/* Quantize block l. orig: the block's original linears (kept alive by the
+ * caller); on return b->lin holds the simulated (dense f32, deq) weights and
+ * ql[k] the quantized layers (also written to the file). */
+static spqr_status run_block(pipe_t *p, int l, float **deq, spqr_linear *ql) {
+    spqr_block *b = &p->m->blocks[l];
+    spqr_status st = SPQR_OK;
+    const bool tune = p->o->method->tune_block != NULL && p->X;
+    if (tune && p->Xfp) st = forward_stream(p, l, p->Xfp); /* fp target, original weights */
+    const bool hess = (p->o->method->needs & SPQR_QNEED_HESSIAN) != 0;
+    for (int s = 0; s < 4 && !st; s++) {
+        int k0 = k_stage_first[s], k1 = k_stage_last[s];
+        if (p->o->progress) {
+            spqr_quant_progress d;
+            memset(&d, 0, sizeof d);
+            d.block = l;
+            d.n_blocks = p->m->cfg.n_layers;
+            d.stage = k_stage_name[s];
+            p->o->progress(p->o->user, &d);
+        }
+        double *H = NULL;
+        if (hess) st = stage_hessian(p, l, k0, b->lin[k0].cols, &H);
+        for (int k = k0; k <= k1 && !st; k++) {
+            st = quantize_linear(p, l, k, H, &deq[k], &ql[k]);
+            /* later stages see this layer quantized: its simulated weights */
+            if (!st) st = simulate(&b->lin[k], deq[k]);
+        }
+        free(H);
+    }
+    if (!st && tune) {
+        /* the hook sees the compressed layers themselves */
+        spqr_linear sim[SPQR_LIN_PER_BLOCK];
+        memcpy(sim, b->lin, sizeof sim);
+        memcpy(b->lin, ql, sizeof sim);
+        spqr_block_ctx ctx = {p->m, l, p->X, p->Xfp, p->N, p->S};
+        st = p->o->method->tune_block(p->o->params, &ctx);
+        memcpy(ql, b->lin, sizeof sim);
+        memcpy(b->lin, sim, sizeof sim);
+        /* the simulated weights follow what the hook left */
+        for (int k = 0; k < SPQR_LIN_PER_BLOCK && !st; k++) st = ql[k].fmt->dequantize(ql[k].payload, deq[k]);
+    }
+    for (int k = 0; k < SPQR_LIN_PER_BLOCK && !st && p->w; k++) st = spqr_mwriter_add_linear(p->w, l, k, &ql[k]);
+    if (st) return st;
+    if (!p->X) return SPQR_OK; /* no calibration activations */
+    /* propagate the calibration activations through the quantized block */
+    if (p->o->progress) {
+        spqr_quant_progress d;
+        memset(&d, 0, sizeof d);
+        d.block = l;
+        d.n_blocks = p->m->cfg.n_layers;
+        d.stage = "propagate";
+        p->o->progress(p->o->user, &d);
+    }
+    if (l + 1 < p->m->cfg.n_layers) st = forward_stream(p, l, p->X);
+    return st;
+}
+
+/* Provenance: tool, source, method and its parameters, calibration. */
+static char *provenance_json(const spqr_model *m, const spqr_quant_opts *o, bool calibrate, int S, uint64_t hash,
+                             double secs) {
+    const char *calib = calibrate && o->calib_path ? o->calib_path : "";
     const char *base = strrchr(calib, '/');
     base = base ? base + 1 : calib;
     const char *src = strrchr(m->path, '/');
     src = (src && src[1]) ? src + 1 : m->path;
-    char *buf = malloc(4096);
-    if (!buf) return NULL;
-    /* names are written through a JSON-safe filter: drop quotes/backslashes/control chars */
-    char b1[512], b2[512];
-    size_t k = 0;
-    for (const char *c = base; *c && k + 1 < sizeof b1; c++)
-        if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20) b1[k++] = *c;
-    b1[k] = 0;
-    k = 0;
-    for (const char *c = src; *c && k + 1 < sizeof b2; c++)
-        if (*c != '"' && *c != '\\' && (unsigned char)*c >= 0x20) b2[k++] = *c;
-    b2[k] = 0;
-    snprintf(buf, 4096,
-             "{\"tool\":\"spqr\",\"tool_version\":\"%s\",\"source_model\":\"%s\",\"method\":\"%s\",\"wbits\":%d,"
-             "\"beta1\":%d,\"beta2\":%d,\"sbits\":%d,\"zbits\":%d,\"tau\":%.6g,\"simplified_outliers\":%s,"
-             "\"perm\":\"%s\",\"percdamp\":%.6g,\"blocksize\":%d,\"calib_file\":\"%s\",\"calib_xxh3\":\"%016llx\","
-             "\"nsamples\":%d,\"seqlen\":%d,\"seed\":%llu,\"seconds\":%.2f}",
-             SPQR_VERSION_STRING, b2, method, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, q->tau,
-             q->simplified_outliers ? "true" : "false", q->act_order ? "act-order" : "identity", q->percdamp,
-             q->blocksize, b1, (unsigned long long)hash, *calib ? o->nsamples : 0, *calib ? S : 0,
-             (unsigned long long)o->seed, secs);
-    return buf;
+    char hx[17];
+    snprintf(hx, sizeof hx, "%016llx", (unsigned long long)hash);
+    cJSON *o2 = cJSON_CreateObject();
+    if (!o2) return NULL;
+    bool ok = cJSON_AddStringToObject(o2, "tool", "spqr") && cJSON_AddStringToObject(o2, "tool_version", SPQR_VERSION_STRING) &&
+              cJSON_AddStringToObject(o2, "source_model", src) && cJSON_AddStringToObject(o2, "method", o->method->name);
+    if (ok && o->method->provenance(o->params, o2) != SPQR_OK) ok = false;
+    ok = ok && cJSON_AddStringToObject(o2, "calib_file", base) && cJSON_AddStringToObject(o2, "calib_xxh3", hx) &&
+         cJSON_AddNumberToObject(o2, "nsamples", *calib ? o->nsamples : 0) &&
+         cJSON_AddNumberToObject(o2, "seqlen", *calib ? S : 0) && cJSON_AddNumberToObject(o2, "seed", (double)o->seed) &&
+         cJSON_AddNumberToObject(o2, "seconds", floor(secs * 100 + 0.5) / 100);
+    char *txt = ok ? cJSON_PrintUnformatted(o2) : NULL;
+    cJSON_Delete(o2);
+    return txt;
+}
+
+/* Put back block l's original linears; with keep, keep the simulated ones
+ * (their weights then belong to the model) and release the originals. */
+static spqr_status restore_block(spqr_model *m, int l, spqr_linear *orig, float **deq, bool keep) {
+    spqr_status st = SPQR_OK;
+    for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
+        spqr_linear *cur = &m->blocks[l].lin[k];
+        bool simulated = cur->payload != orig[k].payload;
+        if (keep && simulated && st == SPQR_OK) {
+            spqr_linear_release(&orig[k]);
+            if (spqr_model_own(m, deq[k]) != SPQR_OK) st = SPQR_ERR_NOMEM;
+        } else {
+            if (simulated) spqr_linear_release(cur);
+            *cur = orig[k];
+            free(deq[k]);
+        }
+        deq[k] = NULL;
+    }
+    return st;
 }
 
 spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_quant_summary *sum) {
     memset(sum, 0, sizeof *sum);
-    if (m->source == SPQR_SRC_SPQR)
-        return spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the model is already quantized", m->path);
-    bool calibrate = o->qp.method != SPQR_METHOD_RTN; /* RTN needs no data */
+    if (!o->method || !o->params) return spqr_fail(SPQR_ERR_INVALID_ARG, "no quantization method given");
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++)
+            if (m->blocks[l].lin[k].fmt != &spqr_qformat_dense)
+                return spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the model is already quantized", m->path);
+    const bool tune = o->method->tune_block != NULL;
+    const bool calibrate = (o->method->needs & SPQR_QNEED_HESSIAN) || tune; /* RTN needs no data */
     if (calibrate && !o->calib_path) return spqr_fail(SPQR_ERR_INVALID_ARG, "no calibration text given");
     const spqr_config *c = &m->cfg;
     spqr_status st = SPQR_OK;
-    for (int k = 0; k < SPQR_LIN_PER_BLOCK && !st; k++) {
-        int cols = m->blocks[0].lin[k].cols;
-        st = spqr_qparams_validate(&o->qp, cols);
-    }
+    for (int k = 0; k < SPQR_LIN_PER_BLOCK && !st; k++)
+        st = o->method->validate(o->params, m->blocks[0].lin[k].rows, m->blocks[0].lin[k].cols);
     if (st) return st;
     int S = o->seqlen > 0 ? o->seqlen : (c->max_seq_len < 2048 ? c->max_seq_len : 2048);
     if (S > c->max_seq_len)
@@ -301,28 +371,26 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
     if (calibrate) {
         p.X = spqr_malloc_array(ntok, D * sizeof(float));
         p.Xs = spqr_malloc_array((size_t)p.per * S, D * sizeof(float));
-        if (!p.X || !p.Xs) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for calibration activations");
+        if (tune) p.Xfp = spqr_malloc_array(ntok, D * sizeof(float));
+        if (!p.X || !p.Xs || (tune && !p.Xfp))
+            st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for calibration activations");
     }
-    float **deq = calloc((size_t)c->n_layers * SPQR_LIN_PER_BLOCK, sizeof(float *));
-    spqr_linear *orig = malloc(sizeof(spqr_linear) * (size_t)c->n_layers * SPQR_LIN_PER_BLOCK);
-    if (!st && (!deq || !orig)) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-    for (int l = 0; l < c->n_layers && orig; l++)
-        memcpy(orig + (size_t)l * SPQR_LIN_PER_BLOCK, m->blocks[l].lin, sizeof(spqr_linear) * SPQR_LIN_PER_BLOCK);
     if (!st && calibrate) {
         spqr_embed(m, tok, (int)ntok, p.X);
+        if (p.Xfp) memcpy(p.Xfp, p.X, ntok * D * sizeof(float));
         sum->calib_tokens = (double)ntok;
     }
     free(tok);
     if (!st && o->out_path) st = spqr_mwriter_open(o->out_path, m, &p.w);
     for (int l = 0; l < c->n_layers && !st; l++) {
-        st = run_block(&p, l, deq + (size_t)l * SPQR_LIN_PER_BLOCK);
-        if (!o->keep_simulated) { /* back to the original weights; free this block's copies */
-            memcpy(m->blocks[l].lin, orig + (size_t)l * SPQR_LIN_PER_BLOCK, sizeof(spqr_linear) * SPQR_LIN_PER_BLOCK);
-            for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
-                free(deq[(size_t)l * SPQR_LIN_PER_BLOCK + k]);
-                deq[(size_t)l * SPQR_LIN_PER_BLOCK + k] = NULL;
-            }
-        }
+        spqr_linear orig[SPQR_LIN_PER_BLOCK], ql[SPQR_LIN_PER_BLOCK];
+        float *deq[SPQR_LIN_PER_BLOCK] = {0};
+        memcpy(orig, m->blocks[l].lin, sizeof orig);
+        memset(ql, 0, sizeof ql);
+        st = run_block(&p, l, deq, ql);
+        for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) spqr_linear_release(&ql[k]);
+        spqr_status rs = restore_block(m, l, orig, deq, o->keep_simulated && !st);
+        if (!st) st = rs;
     }
     sum->seconds = spqr_now() - p.t0;
     if (sum->quantized_params > 0) {
@@ -334,27 +402,14 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
         if (st) {
             spqr_mwriter_abort(p.w);
         } else {
-            char *prov = provenance_json(m, o, S, hash, sum->seconds);
+            char *prov = provenance_json(m, o, calibrate, S, hash, sum->seconds);
             st = prov ? spqr_mwriter_finish(p.w, prov) : spqr_fail(SPQR_ERR_NOMEM, "out of memory");
             if (!prov) spqr_mwriter_abort(p.w);
             free(prov);
         }
     }
-    /* simulated weights stay alive with the model when asked for */
-    for (size_t i = 0; i < (size_t)c->n_layers * SPQR_LIN_PER_BLOCK; i++) {
-        if (!deq || !deq[i]) continue;
-        if (st) {
-            free(deq[i]);
-        } else if (spqr_model_own(m, deq[i]) != SPQR_OK) {
-            st = SPQR_ERR_NOMEM;
-        }
-    }
-    if (st && orig) /* never leave the model pointing at freed buffers */
-        for (int l = 0; l < c->n_layers; l++)
-            memcpy(m->blocks[l].lin, orig + (size_t)l * SPQR_LIN_PER_BLOCK, sizeof(spqr_linear) * SPQR_LIN_PER_BLOCK);
-    free(deq);
-    free(orig);
     free(p.X);
     free(p.Xs);
+    free(p.Xfp);
     return st;
 }

@@ -11,7 +11,7 @@
  * buffer. A row-major symmetric buffer read as column-major is the same
  * matrix, and a column-major upper factor read as row-major is its transpose
  * (lower), so LAPACK's column-major routines work on the buffer in place. */
-#include "quant_internal.h"
+#include "gptq_driver.h"
 
 #include <lapacke.h>
 

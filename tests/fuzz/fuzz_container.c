@@ -18,7 +18,7 @@
  * so that mutated inputs reach the directory, range, overlap and metadata
  * checks, the accessors and verify().
  */
-#include "format/container.h"
+#include "io/container.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -19,8 +19,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "format/packed.h"
-#include "kernels/cpu/kernels.h"
+#include "formats/spqr/packed.h"
+#include "formats/spqr/cpu/qgemm.h"
+#include "kernels/cpu/cpu.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -20,7 +20,7 @@
 #include <vector>
 
 extern "C" {
-#include "quant/qlayer.h"
+#include "formats/spqr/qlayer.h"
 #include "util/common.h"
 }
 #include "kernels/cuda/spqr_cuda.h"

@@ -2,7 +2,8 @@
 #ifndef SPQR_QUANTIZE_H
 #define SPQR_QUANTIZE_H
 
-#include "qlayer.h"
+#include "../../formats/spqr/qlayer.h"
+#include "../quantizer.h"
 
 typedef enum spqr_qmethod {
     SPQR_METHOD_RTN = 0,
@@ -30,15 +31,6 @@ void spqr_qparams_default(spqr_qparams *p, spqr_qmethod method);
 /* Check p for consistency against a layer with `cols` input columns.
  * Fails with SPQR_ERR_INVALID_ARG and a message naming the bad option. */
 spqr_status spqr_qparams_validate(const spqr_qparams *p, int cols);
-
-typedef struct spqr_qlayer_report {
-    double weight_rel_err;   /* ||W - Q||_F / ||W||_F                        */
-    double hessian_err;      /* tr((W-Q) H (W-Q)^T), 0 when H == NULL        */
-    double hessian_rel_err;  /* hessian_err / tr(W H W^T)                    */
-    int64_t n_outliers;
-    double outlier_share;    /* n_outliers / (rows*cols)                     */
-    double formula_bits;     /* spqr_qlayer_formula_bits                    */
-} spqr_qlayer_report;
 
 /* Quantize W [rows][cols] (row-major float32, original column order).
  * H [cols][cols] (row-major float64, symmetric) is the input Hessian

@@ -1,13 +1,13 @@
-/* model_file.c - a whole model in the .spqr container: tensor names,
+/* model_file.c - writing a whole model in the .spqr container: tensor names,
  * metadata (config, tokenizer, provenance, per-layer summary) and the writer.
- * The reader is model/load_spqr.c. Names (docs/FORMAT.md):
+ * The reader is load_spqr.c. Names (docs/FORMAT.md):
  *   tokenizer               U8 [n]       raw tokenizer file bytes
  *   token_embd              f32/f16/bf16 [vocab][dim]
  *   output_norm             F32 [dim]
  *   output                  stored dtype [vocab][dim] (untied heads only)
  *   blk.L.attn_norm / blk.L.ffn_norm      F32 [dim]
- *   blk.L.<linear>.<section>              packed sections (format/packed.h)
- *   blk.L.<linear>.weight                 dense linear (not quantized)
+ *   blk.L.<linear>.<section>              the sections of the linear's format
+ *                                         (format/qformat.h; "weight" for dense)
  *   blk.L.<linear>.bias                   F32 [rows] (optional)
  * <linear> is q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. */
 #include "model_file.h"
@@ -17,8 +17,7 @@
 #include <stdlib.h>
 
 #include "../tokenizer/tokenizer.h"
-#include "container.h"
-#include "packed.h"
+#include "../io/container.h"
 
 struct spqr_mwriter {
     spqr_cwriter *cw;
@@ -62,8 +61,10 @@ spqr_status spqr_mwriter_open(const char *path, const spqr_model *m, spqr_mwrite
     }
     if (!st) st = add_tensor2(w->cw, "token_embd", m->tok_emb.dt, c->vocab_size, c->dim, m->tok_emb.data);
     if (!st) st = add_tensor2(w->cw, "output_norm", SPQR_DT_F32, 1, c->dim, m->final_norm);
-    if (!st && m->head.w.data != m->tok_emb.data)
-        st = add_tensor2(w->cw, "output", m->head.w.dt, c->vocab_size, c->dim, m->head.w.data);
+    const spqr_dense *head = spqr_linear_dense(&m->head);
+    if (!head) st = spqr_fail(SPQR_ERR_UNSUPPORTED, "a compressed output head cannot be written yet");
+    else if (head->data != m->tok_emb.data)
+        st = add_tensor2(w->cw, "output", head->dt, c->vocab_size, c->dim, head->data);
     for (int l = 0; l < c->n_layers && !st; l++) {
         char name[64];
         snprintf(name, sizeof name, "blk.%d.attn_norm", l);
@@ -79,78 +80,50 @@ spqr_status spqr_mwriter_open(const char *path, const spqr_model *m, spqr_mwrite
     return SPQR_OK;
 }
 
-static spqr_dtype section_dtype(const char *name, int wide) {
-    if (!strcmp(name, "codes") || !strcmp(name, "stat_codes")) return SPQR_DT_U32;
-    if (!strcmp(name, "stats2") || !strcmp(name, "stats") || !strcmp(name, "ol_val")) return SPQR_DT_F16;
-    return wide ? SPQR_DT_U32 : SPQR_DT_U16;
-}
-
-double spqr_geom_formula_bits(const spqr_packed_geom *g, int64_t n_outliers) {
-    double n = (double)g->rows * (double)g->cols;
-    double b1 = g->beta1 > 0 ? g->beta1 : g->cols;
-    double bits = g->wbits + 32.0 * (double)n_outliers / n;
-    if (g->beta2 > 0) bits += (g->sbits + g->zbits) / b1 + 2.0 * 32.0 / (b1 * g->beta2);
-    else bits += 32.0 / b1;
-    return bits;
-}
-
-spqr_status spqr_mwriter_add_packed(spqr_mwriter *w, int block, int which, const spqr_packed *pk,
-                                    const float *bias) {
-    spqr_packed_section sec[SPQR_PACKED_MAX_SECTIONS];
-    int n = spqr_packed_sections(pk, sec, SPQR_PACKED_MAX_SECTIONS);
-    if (n < 0) return spqr_fail(SPQR_ERR_INTERNAL, "too many packed sections");
+spqr_status spqr_mwriter_add_linear(spqr_mwriter *w, int block, int which, const spqr_linear *l) {
+    spqr_qsection sec[SPQR_QFORMAT_MAX_SECTIONS];
+    int n = l->fmt->sections(l->payload, sec, SPQR_QFORMAT_MAX_SECTIONS);
+    if (n < 0) return spqr_fail(SPQR_ERR_INTERNAL, "format %s: too many sections", l->fmt->name);
     spqr_status st = SPQR_OK;
     char name[128];
     for (int i = 0; i < n && !st; i++) {
         snprintf(name, sizeof name, "blk.%d.%s.%s", block, spqr_linear_names[which], sec[i].name);
-        spqr_dtype dt = section_dtype(sec[i].name, pk->wide);
-        uint64_t d = sec[i].bytes / spqr_dtype_size(dt);
-        st = spqr_cwriter_add(w->cw, name, dt, 1, &d, sec[i].data, sec[i].bytes);
+        size_t es = spqr_dtype_size(sec[i].dtype);
+        if (!strcmp(sec[i].name, "weight")) /* dense weights keep their matrix shape */
+            st = add_tensor2(w->cw, name, sec[i].dtype, l->rows, l->cols, sec[i].data);
+        else {
+            uint64_t d = sec[i].bytes / es;
+            st = spqr_cwriter_add(w->cw, name, sec[i].dtype, 1, &d, sec[i].data, sec[i].bytes);
+        }
     }
-    if (!st && bias) {
-        snprintf(name, sizeof name, "blk.%d.%s.bias", block, spqr_linear_names[which]);
-        st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, pk->rows, bias);
-    }
-    if (st) return st;
-    spqr_packed_geom g;
-    spqr_packed_geometry(pk, &g);
-    size_t bytes = spqr_packed_bytes(pk);
-    double params = (double)pk->rows * (double)pk->cols;
-    double fb = spqr_geom_formula_bits(&g, pk->n_outliers);
-    cJSON *o = cJSON_CreateObject();
-    snprintf(name, sizeof name, "blk.%d.%s", block, spqr_linear_names[which]);
-    cJSON_AddStringToObject(o, "name", name);
-    cJSON_AddNumberToObject(o, "block", block);
-    cJSON_AddStringToObject(o, "linear", spqr_linear_names[which]);
-    cJSON_AddNumberToObject(o, "rows", g.rows);
-    cJSON_AddNumberToObject(o, "cols", g.cols);
-    cJSON_AddNumberToObject(o, "wbits", g.wbits);
-    cJSON_AddNumberToObject(o, "beta1", g.beta1);
-    cJSON_AddNumberToObject(o, "beta2", g.beta2);
-    cJSON_AddNumberToObject(o, "sbits", g.sbits);
-    cJSON_AddNumberToObject(o, "zbits", g.zbits);
-    cJSON_AddNumberToObject(o, "ocw", g.ocw);
-    cJSON_AddNumberToObject(o, "n_outliers", (double)pk->n_outliers);
-    cJSON_AddNumberToObject(o, "bytes", (double)bytes);
-    cJSON_AddNumberToObject(o, "formula_bits", fb);
-    cJSON_AddNumberToObject(o, "real_bits", 8.0 * (double)bytes / params);
-    cJSON_AddItemToArray(w->layers, o);
-    w->q_params += (int64_t)params;
-    w->q_bytes += (int64_t)bytes;
-    w->n_outliers += pk->n_outliers;
-    w->formula_bits_params += fb * params;
-    return SPQR_OK;
-}
-
-spqr_status spqr_mwriter_add_dense(spqr_mwriter *w, int block, int which, const spqr_linear *l) {
-    char name[128];
-    snprintf(name, sizeof name, "blk.%d.%s.weight", block, spqr_linear_names[which]);
-    spqr_status st = add_tensor2(w->cw, name, l->w.dt, l->rows, l->cols, l->w.data);
     if (!st && l->bias) {
         snprintf(name, sizeof name, "blk.%d.%s.bias", block, spqr_linear_names[which]);
         st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, l->rows, l->bias);
     }
-    return st;
+    if (st || !l->fmt->quantized) return st;
+    /* per-layer metadata: the format's name and geometry, size and bits */
+    size_t bytes = l->fmt->bytes(l->payload);
+    double params = (double)l->rows * (double)l->cols;
+    double fb = l->fmt->formula_bits(l->payload);
+    int64_t n_ol = l->fmt->n_outliers ? l->fmt->n_outliers(l->payload) : 0;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
+    snprintf(name, sizeof name, "blk.%d.%s", block, spqr_linear_names[which]);
+    cJSON_AddStringToObject(o, "name", name);
+    cJSON_AddNumberToObject(o, "block", block);
+    cJSON_AddStringToObject(o, "linear", spqr_linear_names[which]);
+    cJSON_AddStringToObject(o, "layout", l->fmt->name);
+    st = l->fmt->write_geometry(l->payload, o);
+    cJSON_AddNumberToObject(o, "bytes", (double)bytes);
+    cJSON_AddNumberToObject(o, "formula_bits", fb);
+    cJSON_AddNumberToObject(o, "real_bits", 8.0 * (double)bytes / params);
+    cJSON_AddItemToArray(w->layers, o);
+    if (st) return st;
+    w->q_params += (int64_t)params;
+    w->q_bytes += (int64_t)bytes;
+    w->n_outliers += n_ol;
+    w->formula_bits_params += fb * params;
+    return SPQR_OK;
 }
 
 spqr_status spqr_mwriter_finish(spqr_mwriter *w, const char *provenance_json) {
@@ -171,7 +144,8 @@ spqr_status spqr_mwriter_finish(spqr_mwriter *w, const char *provenance_json) {
     cJSON_AddNumberToObject(cfg, "norm_eps", c->norm_eps);
     cJSON_AddNumberToObject(cfg, "rope_theta", c->rope_theta);
     cJSON_AddBoolToObject(cfg, "rope_interleaved", c->rope_interleaved);
-    cJSON_AddBoolToObject(cfg, "tied_embeddings", w->m->head.w.data == w->m->tok_emb.data);
+    const spqr_dense *head = spqr_linear_dense(&w->m->head);
+    cJSON_AddBoolToObject(cfg, "tied_embeddings", head && head->data == w->m->tok_emb.data);
     cJSON_AddNumberToObject(cfg, "bos_id", c->bos_id);
     cJSON_AddNumberToObject(cfg, "eos_id", c->eos_id);
     cJSON *tk = cJSON_AddObjectToObject(root, "tokenizer");

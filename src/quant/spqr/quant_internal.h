@@ -65,12 +65,6 @@ void spqr_quantize_stat_block(const float *x, int n, int bits, uint8_t *codes,
 void spqr_loo_reduction(const float *v, const float *hw, int n, float maxq,
                         float *red);
 
-/* Upper Cholesky factor U of A^-1 (A^-1 = U^T U) for a symmetric positive
- * definite A [n][n] row-major (the full matrix must be present). A is
- * overwritten with U (strictly lower part zeroed). Returns SPQR_OK, or
- * SPQR_ERR_NUMERIC (no message recorded) when A is not positive definite. */
-spqr_status spqr_chol_inverse_upper(double *A, int n);
-
 /* Outlier record produced by the engine. */
 typedef struct spqr_outlier_rec {
     uint32_t row, col; /* col: permuted column */

@@ -1,9 +1,10 @@
-/* kernels_internal.h - interface between the kernel dispatcher (qgemm.c)
- * and the SIMD variants (qgemm_avx2.c, qgemm_avx512.c). */
+/* qgemm_internal.h - interface between the SpQR product driver (qgemm.c)
+ * and its SIMD tile kernels (qgemm_avx2.c, qgemm_avx512.c). */
 #ifndef SPQR_KERNELS_INTERNAL_H
 #define SPQR_KERNELS_INTERNAL_H
 
-#include "kernels.h"
+#include "../../../kernels/cpu/cpu.h"
+#include "qgemm.h"
 
 /* Tokens handled per pass over the weights, and columns decoded per chunk
  * (a multiple of 32: one chunk's decoded codes, 16 rows x QG_CH floats, stay
@@ -34,11 +35,5 @@ static inline int64_t spqr_qg_chunk_groups(const spqr_packed *W) {
  * part and the outliers. scratch: spqr_qg_scratch_bytes, 64-byte aligned. */
 void spqr_qg_tile_avx2(const spqr_qg_job *job, int64_t tile, void *scratch);
 void spqr_qg_tile_avx512(const spqr_qg_job *job, int64_t tile, void *scratch);
-
-/* y[r] = W[r] . x for r in [r0, r1). dt is f32, f16 or bf16. */
-void spqr_gemv_rows_avx2(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, int64_t cols, const float *x,
-                         float *y);
-void spqr_gemv_rows_avx512(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, int64_t cols, const float *x,
-                           float *y);
 
 #endif

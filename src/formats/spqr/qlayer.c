@@ -127,14 +127,17 @@ void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w) {
     }
 }
 
+double spqr_formula_bits(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
+                         int64_t n_outliers) {
+    double n = (double)rows * (double)cols;
+    double g = (double)(beta1 > 0 && beta1 < cols ? beta1 : cols);
+    double share = n > 0 ? (double)n_outliers / n : 0.0;
+    if (beta2 > 0) return wbits + (double)(sbits + zbits) / g + 2.0 * (16 + 16) / (g * beta2) + 32.0 * share;
+    return wbits + 32.0 / g + 32.0 * share;
+}
+
 double spqr_qlayer_formula_bits(const spqr_qlayer *q) {
-    double n = (double)q->rows * (double)q->cols;
-    double g = (double)(q->beta1 > 0 && q->beta1 < q->cols ? q->beta1 : q->cols);
-    double share = n > 0 ? (double)q->n_outliers / n : 0.0;
-    if (q->beta2 > 0)
-        return q->wbits + (double)(q->sbits + q->zbits) / g + 2.0 * (16 + 16) / (g * q->beta2) +
-               32.0 * share;
-    return q->wbits + 32.0 / g + 32.0 * share;
+    return spqr_formula_bits(q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, q->n_outliers);
 }
 
 static bool f16_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }

@@ -1,6 +1,6 @@
 /* gpu_model_stub.c - the GPU runtime API for builds without nvcc: everything
  * fails with SPQR_ERR_NO_DEVICE ("built without CUDA"). */
-#include "kernels/cuda/gpu_model.h"
+#include "model/gpu/gpu_model.h"
 
 #include "util/common.h"
 

@@ -9,11 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/gpu_model.h"
+#include "model/gpu/gpu_model.h"
 #include "kernels/cuda/spqr_cuda.h"
 
 extern "C" {
-#include "format/packed.h"
 #include "model/model.h"
 #include "util/common.h"
 }
@@ -64,8 +63,9 @@ static spqr_status upload(void **d, const void *h, size_t bytes, const char *wha
 /* model                                                                      */
 
 typedef struct glin {
-    int packed, rows, cols;
-    spqr_cuda_qlinear *q; /* packed */
+    int rows, cols;
+    const spqr_qformat *fmt; /* quantized format with CUDA kernels, or NULL */
+    void *dev;               /* its device payload                          */
     float *w;             /* dense [rows][cols] float32 */
     int w_borrowed;       /* w aliases the embedding table */
     float *bias;          /* [rows] or NULL */
@@ -89,7 +89,7 @@ struct spqr_gpu_model {
 };
 
 static void glin_free(glin *l) {
-    spqr_cuda_qlinear_free(l->q);
+    if (l->fmt && l->dev) l->fmt->cuda_free(l->dev);
     if (!l->w_borrowed) cudaFree(l->w);
     cudaFree(l->bias);
     memset(l, 0, sizeof *l);
@@ -138,26 +138,29 @@ static spqr_status glin_upload(const spqr_linear *l, glin *o, const spqr_tensor 
     o->rows = l->rows;
     o->cols = l->cols;
     spqr_status st = SPQR_OK;
-    if (l->kind == SPQR_LIN_PACKED) {
-        o->packed = 1;
-        spqr_qlayer q;
-        memset(&q, 0, sizeof q);
-        if ((st = spqr_unpack(l->pk, &q))) return st;
-        st = spqr_cuda_qlinear_upload(&q, &o->q);
-        spqr_qlayer_free(&q);
+    const spqr_dense *dw = spqr_linear_dense(l);
+    if (!dw && l->fmt->cuda_upload) {
+        size_t b = 0;
+        if ((st = l->fmt->cuda_upload(l->payload, &o->dev, &b))) return st;
+        o->fmt = l->fmt;
+        *bytes += b;
+    } else if (!dw) {
+        /* a format without GPU kernels runs dequantized */
+        float *tmp = (float *)spqr_malloc_array((size_t)l->rows * (size_t)l->cols, sizeof(float));
+        if (!tmp) return spqr_fail(SPQR_ERR_NOMEM, "out of memory dequantizing %s", what);
+        st = l->fmt->dequantize(l->payload, tmp);
+        if (!st) st = upload_f32(&o->w, tmp, SPQR_DT_F32, (size_t)l->rows * (size_t)l->cols, what, bytes);
+        free(tmp);
         if (st) return st;
-        spqr_cuda_qlinear_info info;
-        spqr_cuda_qlinear_get_info(o->q, &info);
-        *bytes += info.bytes_total;
-    } else if (emb && demb && l->w.data == emb->data && l->w.dt == emb->dt && l->w.rows == emb->rows &&
-               l->w.cols == emb->cols) {
+    } else if (emb && demb && dw->data == emb->data && dw->dt == emb->dt && dw->rows == emb->rows &&
+               dw->cols == emb->cols) {
         o->w = demb; /* tied embeddings */
         o->w_borrowed = 1;
     } else {
-        if (l->w.rows != l->rows || l->w.cols != l->cols)
+        if (dw->rows != l->rows || dw->cols != l->cols)
             return spqr_fail(SPQR_ERR_INTERNAL, "%s: weight is %lld x %lld, linear is %d x %d", what,
-                             (long long)l->w.rows, (long long)l->w.cols, l->rows, l->cols);
-        if ((st = upload_f32(&o->w, l->w.data, l->w.dt, (size_t)l->rows * (size_t)l->cols, what, bytes))) return st;
+                             (long long)dw->rows, (long long)dw->cols, l->rows, l->cols);
+        if ((st = upload_f32(&o->w, dw->data, dw->dt, (size_t)l->rows * (size_t)l->cols, what, bytes))) return st;
     }
     if (l->bias) {
         *bytes += (size_t)l->rows * sizeof(float);
@@ -170,7 +173,7 @@ static spqr_status glin_upload(const spqr_linear *l, glin *o, const spqr_tensor 
  * packed size plus padding). */
 static size_t lin_estimate(const spqr_linear *l) {
     size_t b = 0;
-    if (l->kind == SPQR_LIN_PACKED) b = spqr_packed_bytes(l->pk) * 5 / 4 + 4096;
+    if (!spqr_linear_dense(l) && l->fmt->cuda_estimate) b = l->fmt->cuda_estimate(l->payload);
     else b = (size_t)l->rows * (size_t)l->cols * sizeof(float);
     if (l->bias) b += (size_t)l->rows * sizeof(float);
     return b;
@@ -192,7 +195,8 @@ extern "C" spqr_status spqr_gpu_model_new(const spqr_model *m, spqr_gpu_model **
     const spqr_config *c = &m->cfg;
     size_t D = (size_t)c->dim, V = (size_t)c->vocab_size;
     size_t need = V * D * 4 + D * 4 + (size_t)c->n_layers * 2 * D * 4 + (size_t)c->max_seq_len * c->head_dim * 4;
-    if (!(m->head.kind == SPQR_LIN_DENSE && m->head.w.data == m->tok_emb.data)) need += lin_estimate(&m->head);
+    if (!(spqr_linear_dense(&m->head) && spqr_linear_dense(&m->head)->data == m->tok_emb.data))
+        need += lin_estimate(&m->head);
     for (int b = 0; b < c->n_layers; b++)
         for (int i = 0; i < SPQR_LIN_PER_BLOCK; i++) need += lin_estimate(&m->blocks[b].lin[i]);
     need += work_bytes(c, EVAL_BATCH_TOKENS, HEAD_CHUNK) + ((size_t)64 << 20);
@@ -497,8 +501,8 @@ static spqr_status work_alloc(const spqr_config *c, size_t N, size_t logit_rows,
 /* Y[N][rows] = X[N][cols] W^T (+ bias) */
 static spqr_status lin_forward(spqr_gpu_model *g, const glin *l, const float *X, int N, float *Y) {
     if (N <= 0) return SPQR_OK;
-    if (l->packed) {
-        spqr_status st = spqr_cuda_qgemm(l->q, X, N, Y);
+    if (l->dev) {
+        spqr_status st = l->fmt->cuda_gemm(l->dev, X, N, Y);
         if (st) return st;
     } else {
         const float one = 1.0f, zero = 0.0f;

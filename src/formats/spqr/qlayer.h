@@ -26,7 +26,7 @@
 #ifndef SPQR_QLAYER_H
 #define SPQR_QLAYER_H
 
-#include "../util/common.h"
+#include "../../util/common.h"
 
 typedef struct spqr_qlayer {
     int32_t rows, cols;
@@ -77,6 +77,10 @@ void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w);
  * wbits + (sbits+zbits)/beta1 + 2*(16+16)/(beta1*beta2) + 32*outlier share
  * (beta2 == 0: wbits + 32/beta1 + 32*outlier share), per weight. */
 double spqr_qlayer_formula_bits(const spqr_qlayer *q);
+/* The same formula from the geometry (beta1 <= 0 or > cols: one group per
+ * row); the one definition used by the quantizers, the file and inspect. */
+double spqr_formula_bits(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
+                         int64_t n_outliers);
 
 /* Check that a layer (e.g. one read from a file) is self-consistent: known
  * geometry, perm a permutation, every code within its bit width, finite

@@ -77,7 +77,7 @@
 #ifndef SPQR_PACKED_H
 #define SPQR_PACKED_H
 
-#include "../quant/qlayer.h"
+#include "qlayer.h"
 
 #define SPQR_PACKED_TILE 16
 #define SPQR_PACKED_MAX_SECTIONS 8
