@@ -7,7 +7,7 @@ BUILD  ?= build
 CMAKE_FLAGS ?=
 export SPQR_SHARED := $(abspath $(SHARED))
 
-.PHONY: all deps build test test-fast test-asan fuzz demo bench clean
+.PHONY: all deps build test test-fast test-asan fuzz layers demo bench clean
 
 all: build
 
@@ -20,9 +20,13 @@ build: deps
 
 # everything CI checks: release tests (CUDA compiled when nvcc exists; GPU
 # tests skip without a GPU), ASan+UBSan tests, a bounded fuzz run
-test: build test-asan fuzz
+test: layers build test-asan fuzz
 	cd $(BUILD) && ctest --output-on-failure -j 1
 	@echo "make test: all test suites passed"
+
+# the include graph follows the layering (docs/ARCHITECTURE.md)
+layers:
+	scripts/check-layers.sh
 
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -LE slow

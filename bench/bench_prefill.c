@@ -53,7 +53,8 @@ static double run_linear(void *p) {
 
 int main(int argc, char **argv) {
     char defmodel[4096];
-    snprintf(defmodel, sizeof defmodel, "%s/models/ref-40m", spqr_shared_dir());
+    const char *sh = getenv("SPQR_SHARED");
+    snprintf(defmodel, sizeof defmodel, "%s/models/ref-40m", sh && *sh ? sh : SPQR_SHARED_DEFAULT);
     const char *path = argc > 1 ? argv[1] : defmodel;
     int S = argc > 2 ? atoi(argv[2]) : 512;
     spqr_model *m = NULL;

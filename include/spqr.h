@@ -185,7 +185,7 @@ typedef struct spqr_ppl_result {
     double seconds;
 } spqr_ppl_result;
 
-/* Perplexity with the REFERENCE.json protocol: CRLF->LF, one BOS, the ids of
+/* Perplexity by the usual non-overlapping-window protocol: CRLF->LF, one BOS, the ids of
  * the whole text, non-overlapping windows of seqlen tokens from the start,
  * every next-token target in a window scored, the remainder dropped. */
 spqr_status spqr_eval_perplexity(spqr_model *m, const char *text, size_t len,

@@ -1,4 +1,4 @@
-/* perplexity.c - perplexity with the REFERENCE.json protocol: text with
+/* perplexity.c - perplexity by the non-overlapping-window protocol: text with
  * CRLF -> LF, one BOS then the ids of the whole text, non-overlapping windows
  * of S tokens from the start, every next-token target inside a window scored
  * (S-1 per window), the remainder dropped; nll in nats/token. Several windows
@@ -67,12 +67,7 @@ spqr_status spqr_eval_tokens(spqr_model *m, const int32_t *ids, size_t n_ids, in
     free(X);
     free(logits);
     if (st) return st;
-    res->tokens_scored = windows * (S - 1);
-    res->windows = windows;
-    res->nll = nll / (double)res->tokens_scored;
-    res->ppl = exp(res->nll);
-    res->tokens_total = (int64_t)n_ids;
-    res->seconds = spqr_now() - t0;
+    spqr_ppl_fill(res, nll, windows, S, n_ids, spqr_now() - t0);
     return SPQR_OK;
 }
 

@@ -3,6 +3,8 @@
 #ifndef SPQR_MODEL_H
 #define SPQR_MODEL_H
 
+#include <math.h>
+
 #include "../format/qformat.h"
 #include "../util/common.h"
 
@@ -116,6 +118,18 @@ spqr_status spqr_block_forward(const spqr_model *m, int layer, float *X, int nse
 void spqr_embed(const spqr_model *m, const int32_t *tokens, int T, float *X);
 /* Final norm + head: logits[T][vocab] from X[T][dim] (X is overwritten). */
 spqr_status spqr_final_logits(const spqr_model *m, float *X, int T, float *logits);
+
+/* The perplexity result of `windows` windows of S tokens (S - 1 targets
+ * each) whose negative log-likelihoods sum to nll_sum. */
+static inline void spqr_ppl_fill(spqr_ppl_result *res, double nll_sum, int64_t windows, int S, size_t n_ids,
+                                 double seconds) {
+    res->tokens_scored = windows * (S - 1);
+    res->windows = windows;
+    res->nll = nll_sum / (double)res->tokens_scored;
+    res->ppl = exp(res->nll);
+    res->tokens_total = (int64_t)n_ids;
+    res->seconds = seconds;
+}
 
 void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 

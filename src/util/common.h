@@ -88,10 +88,6 @@ char *spqr_path_join(const char *dir, const char *name);
 bool spqr_is_dir(const char *path);
 bool spqr_file_exists(const char *path);
 
-/* Data folder: $SPQR_SHARED, else ../shared (relative to the working
- * directory), else the ../shared beside the source tree. Borrowed. */
-const char *spqr_shared_dir(void);
-
 /* Threads: number of workers kernels should use. */
 int spqr_num_threads(void);
 

@@ -120,13 +120,3 @@ double spqr_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-const char *spqr_shared_dir(void) {
-    const char *e = getenv("SPQR_SHARED");
-    if (e && *e) return e;
-    if (spqr_is_dir("../shared")) return "../shared";
-#ifdef SPQR_SHARED_DEFAULT
-    return SPQR_SHARED_DEFAULT;
-#else
-    return "../shared";
-#endif
-}

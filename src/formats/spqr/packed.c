@@ -18,6 +18,8 @@ typedef struct derived {
     size_t ocsz; /* outlier count element size */
 } derived;
 
+const char *spqr_packed_section_name(int i) { return i >= 0 && i < S_COUNT ? k_names[i] : NULL; }
+
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 static spqr_status geom_derive(const spqr_packed_geom *g, derived *d, spqr_status err) {
@@ -94,9 +96,6 @@ spqr_status spqr_packed_section_bytes(const spqr_packed_geom *g, const char *nam
     return spqr_fail(SPQR_ERR_FORMAT, "packed layer: unknown section '%s'", name);
 }
 
-static inline uint32_t idx_at(const void *a, int wide, int64_t i) {
-    return wide ? ((const uint32_t *)a)[i] : ((const uint16_t *)a)[i];
-}
 static inline uint32_t cnt_at(const void *a, size_t sz, int64_t i) {
     return sz == 1 ? ((const uint8_t *)a)[i] : sz == 2 ? ((const uint16_t *)a)[i] : ((const uint32_t *)a)[i];
 }
@@ -134,7 +133,7 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     uint8_t *seen = calloc((size_t)C, 1);
     if (!seen) return spqr_fail(SPQR_ERR_NOMEM, "out of memory (packed perm check, %lld columns)", (long long)C);
     for (int64_t j = 0; j < C; j++) {
-        uint32_t v = idx_at(p->perm, d->wide, j);
+        uint32_t v = spqr_packed_idx(p->perm, d->wide, j);
         if ((int64_t)v >= C || seen[v]) {
             free(seen);
             return spqr_fail(err, "packed layer: perm[%lld] = %u is %s", (long long)j, v,
@@ -157,8 +156,8 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
                              (int64_t)c > C ? "the column count" : "the number of stored outliers");
         }
         for (int64_t k = acc; k < acc + (int64_t)c; k++) {
-            uint32_t col = idx_at(p->ol_col, d->wide, k);
-            if ((int64_t)col >= C || (k > acc && col <= idx_at(p->ol_col, d->wide, k - 1))) {
+            uint32_t col = spqr_packed_idx(p->ol_col, d->wide, k);
+            if ((int64_t)col >= C || (k > acc && col <= spqr_packed_idx(p->ol_col, d->wide, k - 1))) {
                 free(rp);
                 return spqr_fail(err, "packed layer: outlier %lld of row %lld has column %u (%s)", (long long)k,
                                  (long long)r, col, (int64_t)col >= C ? "out of range" : "not ascending");
@@ -291,13 +290,6 @@ static inline void put_bits(uint32_t *base, int lane, int64_t pos, uint32_t v, i
     if (s + nbits > 32) base[(w + 1) * 16 + lane] |= v >> (32 - s);
 }
 
-static inline uint32_t get_bits(const uint32_t *base, int lane, int64_t pos, int nbits) {
-    int64_t w = pos >> 5;
-    int s = (int)(pos & 31);
-    uint32_t v = base[w * 16 + lane] >> s;
-    if (s + nbits > 32) v |= base[(w + 1) * 16 + lane] << (32 - s);
-    return v & ((1u << nbits) - 1u);
-}
 
 spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     memset(out, 0, sizeof *out);
@@ -446,23 +438,6 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
 
 /* ---- unpacking ---------------------------------------------------------- */
 
-static void qlayer_release(spqr_qlayer *q) {
-    free(q->perm);
-    free(q->codes);
-    free(q->scale_code);
-    free(q->zero_code);
-    free(q->s2_scale);
-    free(q->s2_zero);
-    free(q->z2_scale);
-    free(q->z2_zero);
-    free(q->scale_f16);
-    free(q->zero_f16);
-    free(q->row_ptr);
-    free(q->ol_col);
-    free(q->ol_val);
-    memset(q, 0, sizeof *q);
-}
-
 spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
     memset(q, 0, sizeof *q);
     const int64_t R = p->rows, C = p->cols, G = p->ngroups, NRB = p->nrb, n_ol = p->n_outliers;
@@ -497,20 +472,20 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
         ok &= (q->ol_val = spqr_malloc_array((size_t)n_ol, sizeof(uint16_t))) != NULL;
     }
     if (!ok || n_ol > (int64_t)UINT32_MAX) {
-        qlayer_release(q);
+        spqr_qlayer_free(q);
         return spqr_fail(SPQR_ERR_NOMEM, "spqr_unpack: out of memory (%lldx%lld layer)", (long long)R, (long long)C);
     }
     const int B = p->wbits, SZ = p->sbits + p->zbits;
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
     for (int64_t r = 0; r < R; r++) {
         const uint32_t *base = p->codes + (r / 16) * p->code_words * 16;
-        for (int64_t j = 0; j < C; j++) q->codes[r * C + j] = (uint8_t)get_bits(base, (int)(r % 16), j * B, B);
+        for (int64_t j = 0; j < C; j++) q->codes[r * C + j] = (uint8_t)spqr_packed_get_bits(base, (int)(r % 16), j * B, B);
     }
     if (bilevel) {
         for (int64_t r = 0; r < R; r++) {
             const uint32_t *base = p->stat_codes + (r / 16) * p->stat_words * 16;
             for (int64_t gi = 0; gi < G; gi++) {
-                uint32_t v = get_bits(base, (int)(r % 16), gi * SZ, SZ);
+                uint32_t v = spqr_packed_get_bits(base, (int)(r % 16), gi * SZ, SZ);
                 q->scale_code[gi * R + r] = (uint8_t)(v & ((1u << p->sbits) - 1u));
                 q->zero_code[gi * R + r] = (uint8_t)(v >> p->sbits);
             }
@@ -530,10 +505,10 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
                 q->zero_f16[gi * R + r] = p->stats[(((r / 16) * G + gi) * 2 + 1) * 16 + r % 16];
             }
     }
-    for (int64_t j = 0; j < C; j++) q->perm[j] = (int32_t)idx_at(p->perm, p->wide, j);
+    for (int64_t j = 0; j < C; j++) q->perm[j] = (int32_t)spqr_packed_idx(p->perm, p->wide, j);
     for (int64_t r = 0; r <= R; r++) q->row_ptr[r] = (uint32_t)p->ol_row_ptr[r];
     for (int64_t k = 0; k < n_ol; k++) {
-        q->ol_col[k] = idx_at(p->ol_col, p->wide, k);
+        q->ol_col[k] = spqr_packed_idx(p->ol_col, p->wide, k);
         q->ol_val[k] = p->ol_val[k];
     }
     return SPQR_OK;

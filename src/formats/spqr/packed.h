@@ -121,6 +121,22 @@ typedef struct spqr_packed {
     void *owned[SPQR_PACKED_MAX_SECTIONS]; /* buffers freed by spqr_packed_free */
 } spqr_packed;
 
+/* Entry i of an index section (perm, ol_col): uint32 when wide, else uint16. */
+static inline uint32_t spqr_packed_idx(const void *a, int wide, int64_t i) {
+    return wide ? ((const uint32_t *)a)[i] : ((const uint16_t *)a)[i];
+}
+
+/* The nbits-wide field at bit `pos` of lane `lane`'s stream in a
+ * lane-interleaved section ("codes", "stat_codes"); base points at the
+ * tile's word 0. The one reader of the layout outside the SIMD kernels. */
+static inline uint32_t spqr_packed_get_bits(const uint32_t *base, int lane, int64_t pos, int nbits) {
+    int64_t w = pos >> 5;
+    int s = (int)(pos & 31);
+    uint32_t v = base[w * SPQR_PACKED_TILE + lane] >> s;
+    if (s + nbits > 32) v |= base[(w + 1) * SPQR_PACKED_TILE + lane] << (32 - s);
+    return v & ((1u << nbits) - 1u);
+}
+
 /* Build the packed form of q (which is not modified). The sections are owned
  * by *out (64-byte aligned). Returns SPQR_ERR_INVALID_ARG if q is
  * inconsistent (bad geometry, unsorted or out-of-range outliers, perm not a
@@ -161,6 +177,10 @@ spqr_status spqr_packed_section_bytes(const spqr_packed_geom *g, const char *nam
  * kernels never read out of bounds, whatever the code bits are. */
 spqr_status spqr_packed_from_sections(const spqr_packed_geom *g, const spqr_packed_section *sec, int nsec,
                                       spqr_packed *out);
+
+/* Name of section i in the order of the table above (all kinds), NULL past
+ * the last: the one list of the layout's section names. */
+const char *spqr_packed_section_name(int i);
 
 /* Total bytes of all sections. */
 size_t spqr_packed_bytes(const spqr_packed *p);

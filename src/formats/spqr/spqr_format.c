@@ -67,9 +67,6 @@ static spqr_status read_geom(const cJSON *lj, spqr_packed_geom *g) {
     return SPQR_OK;
 }
 
-static const char *const k_section_names[] = {"codes", "stat_codes", "stats2", "stats",
-                                              "perm",  "ol_count",   "ol_col", "ol_val"};
-
 static spqr_status s_open(const cJSON *layer, int rows, int cols, spqr_qsection_find_fn find, void *ctx,
                           void **payload) {
     spqr_packed_geom g;
@@ -80,12 +77,13 @@ static spqr_status s_open(const cJSON *layer, int rows, int cols, spqr_qsection_
                          cols);
     spqr_packed_section sec[SPQR_PACKED_MAX_SECTIONS];
     int n = 0;
-    for (size_t i = 0; i < sizeof k_section_names / sizeof *k_section_names; i++) {
+    const char *name;
+    for (int i = 0; (name = spqr_packed_section_name(i)) != NULL; i++) {
         size_t bytes;
-        if (spqr_packed_section_bytes(&g, k_section_names[i], 0, &bytes) != SPQR_OK) continue; /* not of this kind */
+        if (spqr_packed_section_bytes(&g, name, 0, &bytes) != SPQR_OK) continue; /* not of this kind */
         spqr_qsection s;
-        if ((st = find(ctx, k_section_names[i], &s))) return st;
-        sec[n++] = (spqr_packed_section){k_section_names[i], s.data, s.bytes};
+        if ((st = find(ctx, name, &s))) return st;
+        sec[n++] = (spqr_packed_section){name, s.data, s.bytes};
     }
     spqr_packed *pk = calloc(1, sizeof *pk);
     if (!pk) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");

@@ -688,12 +688,7 @@ extern "C" spqr_status spqr_gpu_eval_nll(spqr_gpu_model *g, const int32_t *ids, 
     free(tgt);
     free(nll_h);
     if (st) return st;
-    res->tokens_scored = windows * (S - 1);
-    res->windows = windows;
-    res->nll = nll / (double)res->tokens_scored;
-    res->ppl = exp(res->nll);
-    res->tokens_total = (int64_t)n_ids;
-    res->seconds = spqr_now() - t0;
+    spqr_ppl_fill(res, nll, windows, S, n_ids, spqr_now() - t0);
     return SPQR_OK;
 }
 

@@ -75,11 +75,11 @@ spqr_status spqr_qparams_validate(const spqr_qparams *p, int cols) {
 
 /* tr(X H X^T) for X [rows][cols] and symmetric H, from column panels of
  * X^T X (upper triangle only): O(rows * cols^2 / 2) flops, O(cols * PANEL)
- * memory. The double version is used for the error W - Q, whose quadratic
- * form can be much smaller than its terms; the float version for W itself. */
+ * memory, in double (the error W - Q has a quadratic form much smaller than
+ * its terms). */
 #define PANEL 1024
 
-static double trace_form_d(const double *X, int rows, int cols, const double *H, double *G) {
+static double trace_form(const double *X, int rows, int cols, const double *H, double *G) {
     double acc = 0.0;
     for (int a0 = 0; a0 < cols; a0 += PANEL) {
         const int a1 = a0 + PANEL < cols ? a0 + PANEL : cols, pw = a1 - a0;
@@ -93,27 +93,6 @@ static double trace_form_d(const double *X, int rows, int cols, const double *H,
             double row = 0.0;
             for (int k = (a > a0 ? a - a0 : 0); k < pw; k++)
                 row += (a0 + k == a ? 1.0 : 2.0) * g[k] * h[k];
-            acc += row;
-        }
-    }
-    return acc;
-}
-
-static double trace_form_f(const float *X, int rows, int cols, const double *H, float *G) {
-    double acc = 0.0;
-    for (int a0 = 0; a0 < cols; a0 += PANEL) {
-        const int a1 = a0 + PANEL < cols ? a0 + PANEL : cols, pw = a1 - a0;
-        if (a0 > 0)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a0, pw, rows, 1.0f, X, cols,
-                        X + a0, cols, 0.0f, G, pw);
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, pw, rows, 1.0f, X + a0, cols, 0.0f,
-                    G + (size_t)a0 * pw, pw);
-        for (int a = 0; a < a1; a++) {
-            const float *g = G + (size_t)a * pw;
-            const double *h = H + (size_t)a * cols + a0;
-            double row = 0.0;
-            for (int k = (a > a0 ? a - a0 : 0); k < pw; k++)
-                row += (a0 + k == a ? 1.0 : 2.0) * (double)g[k] * h[k];
             acc += row;
         }
     }
@@ -146,9 +125,10 @@ static spqr_status make_report(const float *W, int rows, int cols, const double 
             free(Q);
             return spqr_fail(SPQR_ERR_NOMEM, "quantize: out of memory for the error report");
         }
-        for (size_t i = 0; i < nw; i++) X[i] = (double)W[i] - (double)Q[i];
-        rep->hessian_err = trace_form_d(X, rows, cols, H, G);
-        double base = trace_form_f(W, rows, cols, H, (float *)(void *)G);
+        for (size_t i = 0; i < nw; i++) X[i] = (double)W[i];
+        double base = trace_form(X, rows, cols, H, G);
+        for (size_t i = 0; i < nw; i++) X[i] -= (double)Q[i];
+        rep->hessian_err = trace_form(X, rows, cols, H, G);
         rep->hessian_rel_err =
             base > 0 ? rep->hessian_err / base : (rep->hessian_err > 0 ? INFINITY : 0.0);
         free(X);

@@ -5,21 +5,39 @@
 #include <omp.h>
 #include <stdlib.h>
 
+/* The per-thread scratch of the tile kernels: the one definition of its
+ * layout (sizes and order), used for its size and to carve it. */
+static size_t carve(const spqr_packed *W, char *base, spqr_qg_bufs *b) {
+    const size_t sizes[6] = {
+        (size_t)SPQR_QG_CH * SPQR_PACKED_TILE * sizeof(float),                /* cbuf  */
+        (size_t)spqr_qg_chunk_groups(W) * 2 * SPQR_PACKED_TILE * sizeof(float), /* sbuf  */
+        (size_t)SPQR_QG_TB * 2 * SPQR_PACKED_TILE * sizeof(float),           /* state */
+        W->beta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0,          /* s2f   */
+        (size_t)W->ngroups * 2 * SPQR_PACKED_TILE * sizeof(float),           /* tstats */
+        (size_t)W->max_tile_outliers * sizeof(float),                        /* olbuf */
+    };
+    float **dst[6] = {&b->cbuf, &b->sbuf, &b->state, &b->s2f, &b->tstats, &b->olbuf};
+    size_t off = 0;
+    for (int i = 0; i < 6; i++) {
+        if (base) *dst[i] = (float *)(void *)(base + off);
+        off += spqr_round64(sizes[i]);
+    }
+    return off;
+}
+
 size_t spqr_qg_scratch_bytes(const spqr_packed *W) {
-    size_t cbuf = (size_t)SPQR_QG_CH * 16 * sizeof(float);
-    size_t sbuf = (size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float);
-    size_t state = (size_t)SPQR_QG_TB * 32 * sizeof(float);
-    size_t s2f = W->beta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0; /* float copy of a row block's stats2 */
-    size_t tstats = (size_t)W->ngroups * 32 * sizeof(float); /* a tile's scale and zero per group */
-    size_t olbuf = (size_t)W->max_tile_outliers * sizeof(float); /* a tile's outlier products */
-    return spqr_round64(cbuf) + spqr_round64(sbuf) + spqr_round64(state) + spqr_round64(s2f) + spqr_round64(tstats) + spqr_round64(olbuf);
+    spqr_qg_bufs b;
+    return carve(W, NULL, &b);
+}
+
+void spqr_qg_carve(const spqr_packed *W, void *scratch, spqr_qg_bufs *b) { carve(W, scratch, b); }
+
+int64_t spqr_qg_fused_blocks(const spqr_packed *W) {
+    if (W->beta1 % 32 == 0) return (W->cols / W->beta1) * (W->beta1 / 32);
+    return W->cols / 32;
 }
 
 /* ---- packed product -------------------------------------------------------- */
-
-static inline uint32_t idx_at(const void *a, int wide, int64_t i) {
-    return wide ? ((const uint32_t *)a)[i] : ((const uint16_t *)a)[i];
-}
 
 static spqr_status check_args(const spqr_packed *W, const float *X, int n_tok, float *Y) {
     if (!W || n_tok < 0 || (n_tok > 0 && (!X || !Y)) || !W->codes || !W->ol_row_ptr)
@@ -94,20 +112,12 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
 
 /* ---- scalar reference -------------------------------------------------------- */
 
-static inline uint32_t get_bits(const uint32_t *base, int lane, int64_t pos, int nbits) {
-    int64_t w = pos >> 5;
-    int s = (int)(pos & 31);
-    uint32_t v = base[w * 16 + lane] >> s;
-    if (s + nbits > 32) v |= base[(w + 1) * 16 + lane] << (32 - s);
-    return v & ((1u << nbits) - 1u);
-}
-
 /* First-level statistics of (row r, group g), exactly as quant/qlayer.h. */
 static void ref_stats(const spqr_packed *W, int64_t r, int64_t g, float *scale, float *zero) {
     const int lane = (int)(r % 16);
     if (W->beta2 > 0) {
         const uint32_t *base = W->stat_codes + (r / 16) * W->stat_words * 16;
-        uint32_t v = get_bits(base, lane, g * (W->sbits + W->zbits), W->sbits + W->zbits);
+        uint32_t v = spqr_packed_get_bits(base, lane, g * (W->sbits + W->zbits), W->sbits + W->zbits);
         uint32_t sc = v & ((1u << W->sbits) - 1u), zc = v >> W->sbits;
         const uint16_t *e = W->stats2 + ((r / W->beta2) * W->ngroups + g) * 4;
         *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_f16_to_f32(e[1]));
@@ -139,12 +149,12 @@ spqr_status spqr_qgemm_ref(const spqr_packed *W, const float *X, int n_tok, floa
             float scale = 0.0f, zero = 0.0f;
             for (int64_t j = 0; j < C; j++) {
                 if (j % W->beta1 == 0) ref_stats(W, r, j / W->beta1, &scale, &zero);
-                float w = scale * ((float)get_bits(base, (int)(r % 16), j * B, (int)B) - zero);
-                if (k < kend && (int64_t)idx_at(W->ol_col, W->wide, k) == j) {
+                float w = scale * ((float)spqr_packed_get_bits(base, (int)(r % 16), j * B, (int)B) - zero);
+                if (k < kend && (int64_t)spqr_packed_idx(W->ol_col, W->wide, k) == j) {
                     w = w + spqr_f16_to_f32(W->ol_val[k]);
                     k++;
                 }
-                wrow[idx_at(W->perm, W->wide, j)] = w;
+                wrow[spqr_packed_idx(W->perm, W->wide, j)] = w;
             }
             for (int t = 0; t < n_tok; t++) {
                 const float *x = X + (size_t)t * (size_t)C;

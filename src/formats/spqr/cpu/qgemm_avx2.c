@@ -41,33 +41,10 @@ AI void dec_block(const uint32_t *wp, float *out, const int B) {
     }
 }
 
-AI void dec_chunk_b(const kctx *c, int64_t c0, int64_t c1, const int B) {
-    const spqr_packed *W = c->W;
-    const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
-    for (int64_t j = c0; j < c1; j += 32) {
-        const int64_t w0 = (j >> 5) * B;
-        float *out = c->cbuf + (j - c0) * 16;
-        if (w0 + B <= W->code_words) {
-            dec_block(tw + w0 * 16, out, B);
-        } else {
-            uint32_t tmp[8 * 16] __attribute__((aligned(64)));
-            memset(tmp, 0, sizeof tmp);
-            memcpy(tmp, tw + w0 * 16, (size_t)(W->code_words - w0) * 16 * sizeof(uint32_t));
-            dec_block(tmp, out, B);
-        }
-    }
-}
-
 static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
-    switch (c->W->wbits) {
-    case 2: dec_chunk_b(c, c0, c1, 2); break;
-    case 3: dec_chunk_b(c, c0, c1, 3); break;
-    case 4: dec_chunk_b(c, c0, c1, 4); break;
-    case 5: dec_chunk_b(c, c0, c1, 5); break;
-    case 6: dec_chunk_b(c, c0, c1, 6); break;
-    case 7: dec_chunk_b(c, c0, c1, 7); break;
-    default: dec_chunk_b(c, c0, c1, 8); break;
-    }
+#define DEC(B) spqr_qg_dec_codes(c->W, c->tile, c0, c1, c->cbuf, B, dec_block)
+    SPQR_QG_SWITCH_WBITS(c->W->wbits, DEC)
+#undef DEC
 }
 
 /* ---- statistics ---------------------------------------------------------------- */
@@ -255,6 +232,18 @@ AI void group_stats(const kctx *c, const uint32_t *sw, int64_t g, __m256 *scale,
     }
 }
 
+/* Group g ends: y += scale * (sum of code * x - zero * sum of x) for both
+ * 8-row halves, and the two partial code sums restart. */
+AI void finish_group(const kctx *c, const uint32_t *sw, int64_t g, const float *xs, __m256 y[2], __m256 d[2][2]) {
+    __m256 sc[2], zr[2];
+    group_stats(c, sw, g, sc, zr);
+    const __m256 xg = _mm256_broadcast_ss(xs + g);
+    for (int h = 0; h < 2; h++) {
+        y[h] = _mm256_fmadd_ps(sc[h], _mm256_fnmadd_ps(zr[h], xg, _mm256_add_ps(d[0][h], d[1][h])), y[h]);
+        d[0][h] = d[1][h] = _mm256_setzero_ps();
+    }
+}
+
 /* One token over whole 32-column blocks [0, nblk) that end at a group end;
  * GL as in qgemm_avx512.c. */
 AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
@@ -288,28 +277,12 @@ AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
                 if (s + B != 32) v = _mm256_and_si256(v, mask);
                 d[k & 1][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), xv, d[k & 1][h]);
             }
-            if (GL && (k + 1) % GL == 0) {
-                const int64_t g = m * (32 / (GL ? GL : 32)) + k / (GL ? GL : 32);
-                __m256 sc[2], zr[2];
-                group_stats(c, sw, g, sc, zr);
-                const __m256 xg = _mm256_broadcast_ss(xs + g);
-                for (int h = 0; h < 2; h++) {
-                    y[h] = _mm256_fmadd_ps(sc[h], _mm256_fnmadd_ps(zr[h], xg, _mm256_add_ps(d[0][h], d[1][h])), y[h]);
-                    d[0][h] = d[1][h] = _mm256_setzero_ps();
-                }
-            }
+            if (GL && (k + 1) % GL == 0) finish_group(c, sw, m * (32 / (GL ? GL : 32)) + k / (GL ? GL : 32), xs, y, d);
         }
         if (!GL) {
             left -= 32;
             if (left == 0) {
-                const int64_t g = (m * 32) / W->beta1;
-                __m256 sc[2], zr[2];
-                group_stats(c, sw, g, sc, zr);
-                const __m256 xg = _mm256_broadcast_ss(xs + g);
-                for (int h = 0; h < 2; h++) {
-                    y[h] = _mm256_fmadd_ps(sc[h], _mm256_fnmadd_ps(zr[h], xg, _mm256_add_ps(d[0][h], d[1][h])), y[h]);
-                    d[0][h] = d[1][h] = _mm256_setzero_ps();
-                }
+                finish_group(c, sw, (m * 32) / W->beta1, xs, y, d);
                 left = W->beta1;
             }
         }
@@ -382,24 +355,14 @@ static void outliers(const kctx *c) {
 void spqr_qg_tile_avx2(const spqr_qg_job *job, int64_t tile, void *scratch) {
     const spqr_packed *W = job->W;
     const int64_t C = W->cols, R = W->rows, beta1 = W->beta1;
-    char *s = scratch;
-    kctx c;
-    c.W = W;
-    c.job = job;
-    c.tile = tile;
-    c.cbuf = (float *)s;
-    s += (size_t)SPQR_QG_CH * 16 * sizeof(float);
-    c.sbuf = (float *)s;
-    s += (((size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float)) + 63) & ~(size_t)63;
-    c.state = (float *)s;
-    s += (size_t)SPQR_QG_TB * 32 * sizeof(float);
-    c.s2f = (float *)s;
+    spqr_qg_bufs b;
+    spqr_qg_carve(W, scratch, &b);
+    kctx c = {W, job, tile, b.cbuf, b.sbuf, b.state, b.s2f};
     memset(c.state, 0, (size_t)job->nt * 16 * sizeof(float));
 
     int64_t start = 0;
     if (job->nt == 1 && fused_ok(W)) {
-        int64_t nblk = C / 32;
-        if (W->beta1 % 32 == 0) nblk = (C / W->beta1) * (W->beta1 / 32);
+        const int64_t nblk = spqr_qg_fused_blocks(W);
         if (nblk > 0) run_fused(&c, nblk);
         start = nblk * 32;
     }

@@ -51,17 +51,24 @@ AI __m512 code_to_f32(__m512i v, const int B, __m512 tlo, __m512 thi, __m512i ma
     return _mm512_cvtepi32_ps(_mm512_and_si512(v, mask));
 }
 
-/* Decode one block of 32 columns (B words of 16 lanes at wp) into out[32][16]. */
-AI void dec_block(const uint32_t *wp, float *out, const int B) {
-    __m512 tlo, thi = _mm512_setzero_ps();
+/* The permute tables code_to_f32 uses: codes 0..15 (B <= 4, indices taken
+ * mod 2^B) in tlo, 16..31 in thi (B = 5). */
+AI void code_tables(const int B, __m512 *tlo, __m512 *thi) {
+    *thi = _mm512_setzero_ps();
     if (B <= 4) {
         const int m = (1 << B) - 1;
-        tlo = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m, 11 & m,
-                             12 & m, 13 & m, 14 & m, 15 & m);
+        *tlo = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m, 11 & m,
+                              12 & m, 13 & m, 14 & m, 15 & m);
     } else {
-        tlo = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        thi = _mm512_setr_ps(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+        *tlo = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        *thi = _mm512_setr_ps(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
     }
+}
+
+/* Decode one block of 32 columns (B words of 16 lanes at wp) into out[32][16]. */
+AI void dec_block(const uint32_t *wp, float *out, const int B) {
+    __m512 tlo, thi;
+    code_tables(B, &tlo, &thi);
     const __m512i mask = _mm512_set1_epi32((1 << B) - 1);
     __m512i w[9];
 #pragma GCC unroll 9
@@ -75,33 +82,10 @@ AI void dec_block(const uint32_t *wp, float *out, const int B) {
     }
 }
 
-AI void dec_chunk_b(const kctx *c, int64_t c0, int64_t c1, const int B) {
-    const spqr_packed *W = c->W;
-    const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
-    for (int64_t j = c0; j < c1; j += 32) {
-        const int64_t w0 = (j >> 5) * B; /* first word of this block */
-        float *out = c->cbuf + (j - c0) * 16;
-        if (w0 + B <= W->code_words) {
-            dec_block(tw + w0 * 16, out, B);
-        } else { /* last, partial block: copy the words that exist */
-            uint32_t tmp[8 * 16] __attribute__((aligned(64)));
-            memset(tmp, 0, sizeof tmp);
-            memcpy(tmp, tw + w0 * 16, (size_t)(W->code_words - w0) * 16 * sizeof(uint32_t));
-            dec_block(tmp, out, B);
-        }
-    }
-}
-
 static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
-    switch (c->W->wbits) {
-    case 2: dec_chunk_b(c, c0, c1, 2); break;
-    case 3: dec_chunk_b(c, c0, c1, 3); break;
-    case 4: dec_chunk_b(c, c0, c1, 4); break;
-    case 5: dec_chunk_b(c, c0, c1, 5); break;
-    case 6: dec_chunk_b(c, c0, c1, 6); break;
-    case 7: dec_chunk_b(c, c0, c1, 7); break;
-    default: dec_chunk_b(c, c0, c1, 8); break;
-    }
+#define DEC(B) spqr_qg_dec_codes(c->W, c->tile, c0, c1, c->cbuf, B, dec_block)
+    SPQR_QG_SWITCH_WBITS(c->W->wbits, DEC)
+#undef DEC
 }
 
 /* ---- statistics ------------------------------------------------------------------ */
@@ -323,15 +307,8 @@ AI void fused_tokens(const kctx *c, int64_t nblk, int tt, const int B, const int
     const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
     const int64_t nt = NTA ? c->job->nt : 1;
     const float *x = c->job->xp + tt;
-    __m512 tlo, thi = _mm512_setzero_ps();
-    if (B <= 4) {
-        const int m = (1 << B) - 1;
-        tlo = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m, 11 & m,
-                             12 & m, 13 & m, 14 & m, 15 & m);
-    } else {
-        tlo = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        thi = _mm512_setr_ps(16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
-    }
+    __m512 tlo, thi;
+    code_tables(B, &tlo, &thi);
     const __m512i mask = _mm512_set1_epi32((1 << B) - 1);
     __m512 y[8], d[8][2];
 #pragma GCC unroll 8
@@ -539,22 +516,18 @@ static void outliers(const kctx *c) {
 void spqr_qg_tile_avx512(const spqr_qg_job *job, int64_t tile, void *scratch) {
     const spqr_packed *W = job->W;
     const int64_t C = W->cols, R = W->rows, beta1 = W->beta1;
-    char *s = scratch;
+    spqr_qg_bufs b;
+    spqr_qg_carve(W, scratch, &b);
     kctx c;
     c.W = W;
     c.job = job;
     c.tile = tile;
-    c.cbuf = (float *)s;
-    s += (size_t)SPQR_QG_CH * 16 * sizeof(float);
-    c.sbuf = (float *)s;
-    s += (((size_t)spqr_qg_chunk_groups(W) * 32 * sizeof(float)) + 63) & ~(size_t)63;
-    c.state = (float *)s;
-    s += (size_t)SPQR_QG_TB * 32 * sizeof(float);
-    c.s2f = (float *)s;
-    s += W->beta2 > 0 ? (((size_t)W->ngroups * 4 * sizeof(float)) + 63) & ~(size_t)63 : 0;
-    c.tstats = (float *)s;
-    s += (((size_t)W->ngroups * 32 * sizeof(float)) + 63) & ~(size_t)63;
-    c.olbuf = (float *)s;
+    c.cbuf = b.cbuf;
+    c.sbuf = b.sbuf;
+    c.state = b.state;
+    c.s2f = b.s2f;
+    c.tstats = b.tstats;
+    c.olbuf = b.olbuf;
     const char *pf[PF_MAX];
     c.pf = pf;
     c.npf = 0;
@@ -562,9 +535,7 @@ void spqr_qg_tile_avx512(const spqr_qg_job *job, int64_t tile, void *scratch) {
 
     int64_t start = 0;
     if (fused_ok(W)) {
-        /* whole groups within whole 32-column blocks */
-        int64_t nblk = C / 32;
-        if (W->beta1 % 32 == 0) nblk = (C / W->beta1) * (W->beta1 / 32);
+        const int64_t nblk = spqr_qg_fused_blocks(W);
         if (nblk > 0) run_fused(&c, nblk);
         start = nblk * 32;
     }
