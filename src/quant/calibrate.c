@@ -38,7 +38,7 @@ typedef struct {
     int which;        /* stage: SPQR_LIN_Q / O / GATE / DOWN */
     int cols;
     double *H;        /* [cols][cols] sum of x x^T           */
-    float *G;         /* float32 chunk product                */
+    float *XtX;         /* float32 chunk product                */
     int64_t ntok;
 } hess_acc;
 
@@ -48,11 +48,11 @@ static int hess_hook(void *user, int which, const float *X, int T, int cols) {
     size_t C = (size_t)cols;
     for (int t0 = 0; t0 < T; t0 += HESS_CHUNK) {
         int n = T - t0 < HESS_CHUNK ? T - t0 : HESS_CHUNK;
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, n, 1.0f, X + (size_t)t0 * C, cols, 0.0f, a->G,
+        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, n, 1.0f, X + (size_t)t0 * C, cols, 0.0f, a->XtX,
                     cols);
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
         for (size_t i = 0; i < C; i++)
-            for (size_t j = i; j < C; j++) a->H[i * C + j] += (double)a->G[i * C + j];
+            for (size_t j = i; j < C; j++) a->H[i * C + j] += (double)a->XtX[i * C + j];
     }
     a->ntok += T;
     return 1; /* stop the block forward here */
@@ -124,13 +124,13 @@ static spqr_status stage_hessian(pipe_t *p, int l, int which, int cols, double *
     size_t C = (size_t)cols, D = (size_t)p->m->cfg.dim;
     hess_acc a = {which, cols, spqr_calloc_array(C * C, sizeof(double)), spqr_malloc_array(C * C, sizeof(float)), 0};
     spqr_status st = SPQR_OK;
-    if (!a.H || !a.G) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for a %d x %d Hessian", cols, cols);
+    if (!a.H || !a.XtX) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for a %d x %d Hessian", cols, cols);
     for (int s0 = 0; s0 < p->N && !st; s0 += p->per) {
         int ns = p->N - s0 < p->per ? p->N - s0 : p->per;
         memcpy(p->Xs, p->X + (size_t)s0 * p->S * D, sizeof(float) * (size_t)ns * p->S * D);
         st = spqr_block_forward(p->m, l, p->Xs, ns, p->S, hess_hook, &a);
     }
-    free(a.G);
+    free(a.XtX);
     if (st) {
         free(a.H);
         return st;

@@ -9,10 +9,12 @@ enum { S_CODES, S_STAT_CODES, S_STATS2, S_STATS, S_PERM, S_OL_COUNT, S_OL_COL, S
 static const char *const k_names[S_COUNT] = {"codes",    "stat_codes", "stats2", "stats",
                                              "perm",     "ol_count",   "ol_col", "ol_val"};
 
+#define TILE SPQR_PACKED_TILE /* rows per lane-interleaved tile */
+
 #define MAX_DIM ((int64_t)1 << 30)
 
 typedef struct derived {
-    int64_t G, NRB, T, CW, SW;
+    int64_t NG, NRB, T, CW, SW;
     int wide;
     size_t isz;  /* index element size */
     size_t ocsz; /* outlier count element size */
@@ -31,11 +33,11 @@ static spqr_status geom_derive(const spqr_packed_geom *g, derived *d, spqr_statu
     int lo = g->beta2 > 0 ? 1 : 0;
     if (g->sbits < lo || g->sbits > 8 || g->zbits < lo || g->zbits > 8)
         return spqr_fail(err, "packed layer: sbits/zbits %d/%d not in %d..8", (int)g->sbits, (int)g->zbits, lo);
-    d->G = ceil_div(g->cols, g->beta1);
+    d->NG = ceil_div(g->cols, g->beta1);
     d->NRB = g->beta2 > 0 ? ceil_div(g->rows, g->beta2) : 0;
     d->T = ceil_div(g->rows, SPQR_PACKED_TILE);
     d->CW = ceil_div((int64_t)g->cols * g->wbits, 32);
-    d->SW = g->beta2 > 0 ? ceil_div(d->G * (g->sbits + g->zbits), 32) : 0;
+    d->SW = g->beta2 > 0 ? ceil_div(d->NG * (g->sbits + g->zbits), 32) : 0;
     d->wide = g->cols > 65535;
     d->isz = d->wide ? 4 : 2;
     if (g->ocw != 0 && g->ocw != 1 && g->ocw != 2 && g->ocw != 4)
@@ -56,8 +58,8 @@ static bool sec_bytes(const spqr_packed_geom *g, const derived *d, int s, int64_
     switch (s) {
     case S_CODES: return spqr_mul_size((size_t)d->T * 64, (size_t)d->CW, out);
     case S_STAT_CODES: return spqr_mul_size((size_t)d->T * 64, (size_t)d->SW, out);
-    case S_STATS2: return spqr_mul_size((size_t)d->NRB * 8, (size_t)d->G, out);
-    case S_STATS: return spqr_mul_size((size_t)d->T * 64, (size_t)d->G, out);
+    case S_STATS2: return spqr_mul_size((size_t)d->NRB * 8, (size_t)d->NG, out);
+    case S_STATS: return spqr_mul_size((size_t)d->T * 64, (size_t)d->NG, out);
     case S_PERM: return spqr_mul_size(d->isz, (size_t)g->cols, out);
     case S_OL_COUNT: return spqr_mul_size(d->ocsz, (size_t)g->rows, out);
     case S_OL_COL: a = d->isz; break;
@@ -111,7 +113,7 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     p->beta2 = g->beta2;
     p->sbits = g->sbits;
     p->zbits = g->zbits;
-    p->ngroups = (int32_t)d->G;
+    p->ngroups = (int32_t)d->NG;
     p->nrb = (int32_t)d->NRB;
     p->ntiles = (int32_t)d->T;
     p->code_words = d->CW;
@@ -173,8 +175,8 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     }
     p->ol_row_ptr = rp;
     p->max_tile_outliers = 0;
-    for (int64_t r0 = 0; r0 < R; r0 += 16) {
-        const int64_t n = rp[r0 + 16 < R ? r0 + 16 : R] - rp[r0];
+    for (int64_t r0 = 0; r0 < R; r0 += TILE) {
+        const int64_t n = rp[r0 + TILE < R ? r0 + TILE : R] - rp[r0];
         if (n > p->max_tile_outliers) p->max_tile_outliers = n;
     }
     return SPQR_OK;
@@ -286,8 +288,8 @@ void spqr_packed_free(spqr_packed *p) {
 static inline void put_bits(uint32_t *base, int lane, int64_t pos, uint32_t v, int nbits) {
     int64_t w = pos >> 5;
     int s = (int)(pos & 31);
-    base[w * 16 + lane] |= v << s;
-    if (s + nbits > 32) base[(w + 1) * 16 + lane] |= v >> (32 - s);
+    base[w * TILE + lane] |= v << s;
+    if (s + nbits > 32) base[(w + 1) * TILE + lane] |= v >> (32 - s);
 }
 
 
@@ -307,10 +309,10 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     g.ocw = maxc <= 255 ? 1 : (int32_t)d.isz;
     d.ocsz = (size_t)g.ocw;
     const int bilevel = g.beta2 > 0;
-    const int64_t R = g.rows, C = g.cols, G = d.G, NRB = d.NRB, T = d.T;
-    if (q->ngroups != G || q->nrb != NRB)
+    const int64_t R = g.rows, C = g.cols, NG = d.NG, NRB = d.NRB, T = d.T;
+    if (q->ngroups != NG || q->nrb != NRB)
         return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: ngroups/nrb %d/%d do not match the geometry (%lld/%lld)",
-                         (int)q->ngroups, (int)q->nrb, (long long)G, (long long)NRB);
+                         (int)q->ngroups, (int)q->nrb, (long long)NG, (long long)NRB);
     if (!q->perm || !q->codes || (bilevel && (!q->scale_code || !q->zero_code || !q->s2_scale || !q->s2_zero ||
                                               !q->z2_scale || !q->z2_zero)) ||
         (!bilevel && (!q->scale_f16 || !q->zero_f16)) || !q->row_ptr)
@@ -329,7 +331,7 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
             return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: code %u at %lld exceeds %d bits", q->codes[i],
                              (long long)i, (int)g.wbits);
     if (bilevel) {
-        for (int64_t i = 0; i < G * R; i++)
+        for (int64_t i = 0; i < NG * R; i++)
             if (q->scale_code[i] >> g.sbits || q->zero_code[i] >> g.zbits)
                 return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: statistic code at %lld out of range",
                                  (long long)i);
@@ -367,26 +369,26 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     uint32_t *codes = buf[S_CODES];
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
     for (int64_t t = 0; t < T; t++) {
-        uint32_t *base = codes + t * d.CW * 16;
-        for (int l = 0; l < 16 && t * 16 + l < R; l++) {
-            const uint8_t *row = q->codes + (t * 16 + l) * C;
+        uint32_t *base = codes + t * d.CW * TILE;
+        for (int l = 0; l < TILE && t * TILE + l < R; l++) {
+            const uint8_t *row = q->codes + (t * TILE + l) * C;
             for (int64_t j = 0; j < C; j++) put_bits(base, l, j * B, row[j], B);
         }
     }
     if (bilevel) {
         uint32_t *sc = buf[S_STAT_CODES];
         for (int64_t t = 0; t < T; t++)
-            for (int l = 0; l < 16 && t * 16 + l < R; l++) {
-                int64_t r = t * 16 + l;
-                for (int64_t gi = 0; gi < G; gi++) {
+            for (int l = 0; l < TILE && t * TILE + l < R; l++) {
+                int64_t r = t * TILE + l;
+                for (int64_t gi = 0; gi < NG; gi++) {
                     uint32_t v = (uint32_t)q->scale_code[gi * R + r] | (uint32_t)q->zero_code[gi * R + r] << g.sbits;
-                    put_bits(sc + t * d.SW * 16, l, gi * SZ, v, SZ);
+                    put_bits(sc + t * d.SW * TILE, l, gi * SZ, v, SZ);
                 }
             }
         uint16_t *s2 = buf[S_STATS2];
         for (int64_t rb = 0; rb < NRB; rb++)
-            for (int64_t gi = 0; gi < G; gi++) {
-                uint16_t *e = s2 + (rb * G + gi) * 4;
+            for (int64_t gi = 0; gi < NG; gi++) {
+                uint16_t *e = s2 + (rb * NG + gi) * 4;
                 e[0] = q->s2_scale[gi * NRB + rb];
                 e[1] = q->s2_zero[gi * NRB + rb];
                 e[2] = q->z2_scale[gi * NRB + rb];
@@ -395,10 +397,10 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     } else {
         uint16_t *sf = buf[S_STATS];
         for (int64_t t = 0; t < T; t++)
-            for (int64_t gi = 0; gi < G; gi++)
-                for (int l = 0; l < 16 && t * 16 + l < R; l++) {
-                    sf[((t * G + gi) * 2 + 0) * 16 + l] = q->scale_f16[gi * R + t * 16 + l];
-                    sf[((t * G + gi) * 2 + 1) * 16 + l] = q->zero_f16[gi * R + t * 16 + l];
+            for (int64_t gi = 0; gi < NG; gi++)
+                for (int l = 0; l < TILE && t * TILE + l < R; l++) {
+                    sf[((t * NG + gi) * 2 + 0) * TILE + l] = q->scale_f16[gi * R + t * TILE + l];
+                    sf[((t * NG + gi) * 2 + 1) * TILE + l] = q->zero_f16[gi * R + t * TILE + l];
                 }
     }
     for (int64_t j = 0; j < C; j++) {
@@ -440,7 +442,7 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
 
 spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
     memset(q, 0, sizeof *q);
-    const int64_t R = p->rows, C = p->cols, G = p->ngroups, NRB = p->nrb, n_ol = p->n_outliers;
+    const int64_t R = p->rows, C = p->cols, NG = p->ngroups, NRB = p->nrb, n_ol = p->n_outliers;
     const int bilevel = p->beta2 > 0;
     q->rows = p->rows;
     q->cols = p->cols;
@@ -457,15 +459,15 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
     ok &= (q->codes = spqr_malloc_array((size_t)R, (size_t)C)) != NULL;
     ok &= (q->row_ptr = spqr_malloc_array((size_t)R + 1, sizeof(uint32_t))) != NULL;
     if (bilevel) {
-        ok &= (q->scale_code = spqr_malloc_array((size_t)G, (size_t)R)) != NULL;
-        ok &= (q->zero_code = spqr_malloc_array((size_t)G, (size_t)R)) != NULL;
-        ok &= (q->s2_scale = spqr_malloc_array((size_t)(G * NRB), 2)) != NULL;
-        ok &= (q->s2_zero = spqr_malloc_array((size_t)(G * NRB), 2)) != NULL;
-        ok &= (q->z2_scale = spqr_malloc_array((size_t)(G * NRB), 2)) != NULL;
-        ok &= (q->z2_zero = spqr_malloc_array((size_t)(G * NRB), 2)) != NULL;
+        ok &= (q->scale_code = spqr_malloc_array((size_t)NG, (size_t)R)) != NULL;
+        ok &= (q->zero_code = spqr_malloc_array((size_t)NG, (size_t)R)) != NULL;
+        ok &= (q->s2_scale = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
+        ok &= (q->s2_zero = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
+        ok &= (q->z2_scale = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
+        ok &= (q->z2_zero = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
     } else {
-        ok &= (q->scale_f16 = spqr_malloc_array((size_t)G, (size_t)R * 2)) != NULL;
-        ok &= (q->zero_f16 = spqr_malloc_array((size_t)G, (size_t)R * 2)) != NULL;
+        ok &= (q->scale_f16 = spqr_malloc_array((size_t)NG, (size_t)R * 2)) != NULL;
+        ok &= (q->zero_f16 = spqr_malloc_array((size_t)NG, (size_t)R * 2)) != NULL;
     }
     if (n_ol > 0) {
         ok &= (q->ol_col = spqr_malloc_array((size_t)n_ol, sizeof(uint32_t))) != NULL;
@@ -478,21 +480,21 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
     const int B = p->wbits, SZ = p->sbits + p->zbits;
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
     for (int64_t r = 0; r < R; r++) {
-        const uint32_t *base = p->codes + (r / 16) * p->code_words * 16;
-        for (int64_t j = 0; j < C; j++) q->codes[r * C + j] = (uint8_t)spqr_packed_get_bits(base, (int)(r % 16), j * B, B);
+        const uint32_t *base = p->codes + (r / TILE) * p->code_words * TILE;
+        for (int64_t j = 0; j < C; j++) q->codes[r * C + j] = (uint8_t)spqr_packed_get_bits(base, (int)(r % TILE), j * B, B);
     }
     if (bilevel) {
         for (int64_t r = 0; r < R; r++) {
-            const uint32_t *base = p->stat_codes + (r / 16) * p->stat_words * 16;
-            for (int64_t gi = 0; gi < G; gi++) {
-                uint32_t v = spqr_packed_get_bits(base, (int)(r % 16), gi * SZ, SZ);
+            const uint32_t *base = p->stat_codes + (r / TILE) * p->stat_words * TILE;
+            for (int64_t gi = 0; gi < NG; gi++) {
+                uint32_t v = spqr_packed_get_bits(base, (int)(r % TILE), gi * SZ, SZ);
                 q->scale_code[gi * R + r] = (uint8_t)(v & ((1u << p->sbits) - 1u));
                 q->zero_code[gi * R + r] = (uint8_t)(v >> p->sbits);
             }
         }
         for (int64_t rb = 0; rb < NRB; rb++)
-            for (int64_t gi = 0; gi < G; gi++) {
-                const uint16_t *e = p->stats2 + (rb * G + gi) * 4;
+            for (int64_t gi = 0; gi < NG; gi++) {
+                const uint16_t *e = p->stats2 + (rb * NG + gi) * 4;
                 q->s2_scale[gi * NRB + rb] = e[0];
                 q->s2_zero[gi * NRB + rb] = e[1];
                 q->z2_scale[gi * NRB + rb] = e[2];
@@ -500,9 +502,9 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
             }
     } else {
         for (int64_t r = 0; r < R; r++)
-            for (int64_t gi = 0; gi < G; gi++) {
-                q->scale_f16[gi * R + r] = p->stats[(((r / 16) * G + gi) * 2 + 0) * 16 + r % 16];
-                q->zero_f16[gi * R + r] = p->stats[(((r / 16) * G + gi) * 2 + 1) * 16 + r % 16];
+            for (int64_t gi = 0; gi < NG; gi++) {
+                q->scale_f16[gi * R + r] = p->stats[(((r / TILE) * NG + gi) * 2 + 0) * TILE + r % TILE];
+                q->zero_f16[gi * R + r] = p->stats[(((r / TILE) * NG + gi) * 2 + 1) * TILE + r % TILE];
             }
     }
     for (int64_t j = 0; j < C; j++) q->perm[j] = (int32_t)spqr_packed_idx(p->perm, p->wide, j);

@@ -15,12 +15,12 @@
  *   R = rows, C = cols, B = wbits (2..8), beta1 (>= 1), beta2 (>= 0),
  *   sbits, zbits (1..8 each when beta2 > 0; ignored, 0..8, when beta2 == 0).
  * Derived:
- *   G   = ceil(C / beta1)              first-level groups (last may be partial)
+ *   NG  = ceil(C / beta1)              first-level groups (last may be partial)
  *   NRB = ceil(R / beta2)              second-level row blocks (0 if beta2 == 0)
  *   T   = ceil(R / 16)                 row tiles of 16 rows
  *   CW  = ceil(C * B / 32)             code words per row
  *   SZ  = sbits + zbits
- *   SW  = ceil(G * SZ / 32)            statistic-code words per row
+ *   SW  = ceil(NG * SZ / 32)           statistic-code words per row
  *   I   = uint16 if C <= 65535, else uint32   (index type, see below)
  * All columns are PERMUTED columns (qlayer order); row r lives in tile
  * t = r / 16 at lane l = r % 16. Rows R..16T-1 of the last tile are padding.
@@ -40,10 +40,10 @@
  *                                     for a bit stream of SZ-bit fields, one
  *                                     per group g at bits [g*SZ, g*SZ + SZ):
  *                                     field = scale_code | zero_code << sbits
- *   "stats2"     fp16   [NRB][G][4]   (beta2 > 0 only) second-level stats of
+ *   "stats2"     fp16   [NRB][NG][4]   (beta2 > 0 only) second-level stats of
  *                                     (row block, group): s2_scale, s2_zero,
  *                                     z2_scale, z2_zero
- *   "stats"      fp16   [T][G][2][16] (beta2 == 0 only) scale of the 16 rows
+ *   "stats"      fp16   [T][NG][2][16] (beta2 == 0 only) scale of the 16 rows
  *                                     of tile t for group g, then their zeros;
  *                                     padding rows zero
  *   "perm"       I      [C]           permuted column j = original column
@@ -59,7 +59,7 @@
  * N (the outlier count) is implied by the size of "ol_col". Outlier row
  * offsets are rebuilt in memory at load time. Empty sections (N == 0) have
  * size 0. Exact byte sizes:
- *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*G, stats = 64*T*G,
+ *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*NG, stats = 64*T*NG,
  *   perm = |I|*C, ol_count = |OC|*R, ol_col = |I|*N, ol_val = 2*N.
  * Buffers must be aligned to their element size (64 bytes is recommended and
  * is what spqr_pack allocates); writers should start each section on a
@@ -79,7 +79,9 @@
 
 #include "qlayer.h"
 
-#define SPQR_PACKED_TILE 16
+#define SPQR_PACKED_TILE 16 /* rows per tile = lanes of one interleaved word group */
+#define SPQR_PACKED_MAX_SECTIONS 8
+_Static_assert(SPQR_PACKED_TILE == 16, "the SIMD kernels hold one tile's 16 lanes in one zmm / two ymm registers");
 #define SPQR_PACKED_MAX_SECTIONS 8
 
 typedef struct spqr_packed_geom {

@@ -105,7 +105,7 @@ void spqr_qlayer_group_stats(const spqr_qlayer *q, int32_t r, int32_t g, float *
 }
 
 void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w) {
-    const int32_t rows = q->rows, cols = q->cols, G = q->beta1;
+    const int32_t rows = q->rows, cols = q->cols, glen = q->beta1;
 #pragma omp parallel for schedule(static) if ((int64_t)rows * cols > (1 << 18))
     for (int32_t r = 0; r < rows; r++) {
         const uint8_t *c = q->codes + (size_t)r * (size_t)cols;
@@ -114,8 +114,8 @@ void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w) {
         for (int32_t g = 0; g < q->ngroups; g++) {
             float s, z;
             spqr_qlayer_group_stats(q, r, g, &s, &z);
-            int32_t j1 = (g + 1) * G < cols ? (g + 1) * G : cols;
-            for (int32_t j = g * G; j < j1; j++) {
+            int32_t j1 = (g + 1) * glen < cols ? (g + 1) * glen : cols;
+            for (int32_t j = g * glen; j < j1; j++) {
                 float v = s * ((float)c[j] - z);
                 if (k < kend && q->ol_col[k] == (uint32_t)j) {
                     v = v + spqr_f16_to_f32(q->ol_val[k]);

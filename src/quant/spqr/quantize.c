@@ -79,17 +79,17 @@ spqr_status spqr_qparams_validate(const spqr_qparams *p, int cols) {
  * its terms). */
 #define PANEL 1024
 
-static double trace_form(const double *X, int rows, int cols, const double *H, double *G) {
+static double trace_form(const double *X, int rows, int cols, const double *H, double *panel) {
     double acc = 0.0;
     for (int a0 = 0; a0 < cols; a0 += PANEL) {
         const int a1 = a0 + PANEL < cols ? a0 + PANEL : cols, pw = a1 - a0;
         if (a0 > 0)
             cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a0, pw, rows, 1.0, X, cols,
-                        X + a0, cols, 0.0, G, pw);
+                        X + a0, cols, 0.0, panel, pw);
         cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, pw, rows, 1.0, X + a0, cols, 0.0,
-                    G + (size_t)a0 * pw, pw);
+                    panel + (size_t)a0 * pw, pw);
         for (int a = 0; a < a1; a++) {
-            const double *g = G + (size_t)a * pw, *h = H + (size_t)a * cols + a0;
+            const double *g = panel + (size_t)a * pw, *h = H + (size_t)a * cols + a0;
             double row = 0.0;
             for (int k = (a > a0 ? a - a0 : 0); k < pw; k++)
                 row += (a0 + k == a ? 1.0 : 2.0) * g[k] * h[k];
@@ -118,21 +118,21 @@ static spqr_status make_report(const float *W, int rows, int cols, const double 
     rep->formula_bits = spqr_qlayer_formula_bits(q);
     if (H) {
         double *X = spqr_malloc_array(nw, sizeof *X);
-        double *G = spqr_malloc_array((size_t)cols * PANEL, sizeof *G);
-        if (!X || !G) {
+        double *panel = spqr_malloc_array((size_t)cols * PANEL, sizeof *panel);
+        if (!X || !panel) {
             free(X);
-            free(G);
+            free(panel);
             free(Q);
             return spqr_fail(SPQR_ERR_NOMEM, "quantize: out of memory for the error report");
         }
         for (size_t i = 0; i < nw; i++) X[i] = (double)W[i];
-        double base = trace_form(X, rows, cols, H, G);
+        double base = trace_form(X, rows, cols, H, panel);
         for (size_t i = 0; i < nw; i++) X[i] -= (double)Q[i];
-        rep->hessian_err = trace_form(X, rows, cols, H, G);
+        rep->hessian_err = trace_form(X, rows, cols, H, panel);
         rep->hessian_rel_err =
             base > 0 ? rep->hessian_err / base : (rep->hessian_err > 0 ? INFINITY : 0.0);
         free(X);
-        free(G);
+        free(panel);
     }
     free(Q);
     return SPQR_OK;

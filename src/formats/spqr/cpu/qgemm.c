@@ -5,6 +5,8 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#define TILE SPQR_PACKED_TILE /* rows per lane-interleaved tile */
+
 /* The per-thread scratch of the tile kernels: the one definition of its
  * layout (sizes and order), used for its size and to carve it. */
 static size_t carve(const spqr_packed *W, char *base, spqr_qg_bufs *b) {
@@ -54,13 +56,13 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
     if (kind == SPQR_CPU_REF) return spqr_qgemm_ref(W, X, n_tok, Y);
     tile_fn fn = kind == SPQR_CPU_AVX512 ? spqr_qg_tile_avx512 : spqr_qg_tile_avx2;
 
-    const int64_t C = W->cols, G = W->ngroups, R = W->rows, T = W->ntiles;
+    const int64_t C = W->cols, NG = W->ngroups, R = W->rows, T = W->ntiles;
     const int tb = n_tok < SPQR_QG_TB ? n_tok : SPQR_QG_TB;
     int nth = spqr_num_threads();
     if (nth > T) nth = (int)T;
     if (nth < 1) nth = 1;
     const size_t xp_b = spqr_round64((size_t)tb * (size_t)C * sizeof(float));
-    const size_t xs_b = spqr_round64((size_t)tb * (size_t)G * sizeof(float));
+    const size_t xs_b = spqr_round64((size_t)tb * (size_t)NG * sizeof(float));
     const size_t th_b = spqr_qg_scratch_bytes(W);
     size_t total = xp_b + xs_b + (size_t)nth * th_b;
     char *scr = spqr_cpu_scratch(total);
@@ -91,8 +93,8 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
             /* group sums (used by the single-token path) */
 #pragma omp for schedule(static)
             for (int t = 0; t < nt; t++) {
-                float *s = xs + (size_t)t * (size_t)G;
-                for (int64_t g = 0; g < G; g++) {
+                float *s = xs + (size_t)t * (size_t)NG;
+                for (int64_t g = 0; g < NG; g++) {
                     int64_t a = g * W->beta1, b = a + W->beta1 < C ? a + W->beta1 : C;
                     float acc = 0.0f;
                     for (int64_t j = a; j < b; j++) acc += xp[j * nt + t];
@@ -114,18 +116,18 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
 
 /* First-level statistics of (row r, group g), exactly as quant/qlayer.h. */
 static void ref_stats(const spqr_packed *W, int64_t r, int64_t g, float *scale, float *zero) {
-    const int lane = (int)(r % 16);
+    const int lane = (int)(r % TILE);
     if (W->beta2 > 0) {
-        const uint32_t *base = W->stat_codes + (r / 16) * W->stat_words * 16;
+        const uint32_t *base = W->stat_codes + (r / TILE) * W->stat_words * TILE;
         uint32_t v = spqr_packed_get_bits(base, lane, g * (W->sbits + W->zbits), W->sbits + W->zbits);
         uint32_t sc = v & ((1u << W->sbits) - 1u), zc = v >> W->sbits;
         const uint16_t *e = W->stats2 + ((r / W->beta2) * W->ngroups + g) * 4;
         *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_f16_to_f32(e[1]));
         *zero = spqr_f16_to_f32(e[2]) * ((float)zc - spqr_f16_to_f32(e[3]));
     } else {
-        const uint16_t *e = W->stats + (((r / 16) * W->ngroups + g) * 2) * 16;
+        const uint16_t *e = W->stats + (((r / TILE) * W->ngroups + g) * 2) * TILE;
         *scale = spqr_f16_to_f32(e[lane]);
-        *zero = spqr_f16_to_f32(e[16 + lane]);
+        *zero = spqr_f16_to_f32(e[TILE + lane]);
     }
 }
 
@@ -144,12 +146,12 @@ spqr_status spqr_qgemm_ref(const spqr_packed *W, const float *X, int n_tok, floa
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < R; r++) {
             if (!wrow) continue;
-            const uint32_t *base = W->codes + (r / 16) * W->code_words * 16;
+            const uint32_t *base = W->codes + (r / TILE) * W->code_words * TILE;
             int64_t k = W->ol_row_ptr[r], kend = W->ol_row_ptr[r + 1];
             float scale = 0.0f, zero = 0.0f;
             for (int64_t j = 0; j < C; j++) {
                 if (j % W->beta1 == 0) ref_stats(W, r, j / W->beta1, &scale, &zero);
-                float w = scale * ((float)spqr_packed_get_bits(base, (int)(r % 16), j * B, (int)B) - zero);
+                float w = scale * ((float)spqr_packed_get_bits(base, (int)(r % TILE), j * B, (int)B) - zero);
                 if (k < kend && (int64_t)spqr_packed_idx(W->ol_col, W->wide, k) == j) {
                     w = w + spqr_f16_to_f32(W->ol_val[k]);
                     k++;

@@ -51,10 +51,10 @@ static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
 
 static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const spqr_packed *W = c->W;
-    const int64_t G = W->ngroups, t = c->tile;
+    const int64_t NG = W->ngroups, t = c->tile;
     if (W->beta2 == 0) {
         for (int64_t g = g0; g <= g1; g++) {
-            const uint16_t *e = W->stats + ((t * G + g) * 2) * 16;
+            const uint16_t *e = W->stats + ((t * NG + g) * 2) * 16;
             float *o = c->sbuf + (g - g0) * 32;
             for (int i = 0; i < 4; i++)
                 _mm256_store_ps(o + 8 * i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(e + 8 * i))));
@@ -74,7 +74,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
         __m256 s2s, s2z, z2s, z2z;
         float a[4][16] __attribute__((aligned(32)));
         if (tile_rb) {
-            const uint16_t *e = W->stats2 + (rb_t * G + g) * 4;
+            const uint16_t *e = W->stats2 + (rb_t * NG + g) * 4;
             const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
             s2s = _mm256_broadcastss_ps(q);
             s2z = _mm256_broadcastss_ps(_mm_shuffle_ps(q, q, 0x55));
@@ -84,7 +84,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
             for (int l = 0; l < 16; l++) {
                 int64_t r = t * 16 + l;
                 if (r >= W->rows) r = W->rows - 1;
-                const uint16_t *e = W->stats2 + ((r / W->beta2) * G + g) * 4;
+                const uint16_t *e = W->stats2 + ((r / W->beta2) * NG + g) * 4;
                 const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
                 float f[4];
                 _mm_storeu_ps(f, q);

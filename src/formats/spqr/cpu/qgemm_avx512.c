@@ -92,10 +92,10 @@ static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
 
 static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const spqr_packed *W = c->W;
-    const int64_t G = W->ngroups, t = c->tile;
+    const int64_t NG = W->ngroups, t = c->tile;
     if (W->beta2 == 0) {
         for (int64_t g = g0; g <= g1; g++) {
-            const uint16_t *e = W->stats + ((t * G + g) * 2) * 16;
+            const uint16_t *e = W->stats + ((t * NG + g) * 2) * 16;
             float *o = c->sbuf + (g - g0) * 32;
             _mm512_store_ps(o, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)e)));
             _mm512_store_ps(o + 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(e + 16))));
@@ -118,7 +118,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
         const __m512 zc = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(v, sbc), zmask));
         __m512 s2s, s2z, z2s, z2z;
         if (tile_rb) {
-            const uint16_t *e = W->stats2 + (rb_t * G + g) * 4;
+            const uint16_t *e = W->stats2 + (rb_t * NG + g) * 4;
             const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
             s2s = _mm512_broadcastss_ps(q);
             s2z = _mm512_broadcastss_ps(_mm_shuffle_ps(q, q, 0x55));
@@ -129,7 +129,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
             for (int l = 0; l < 16; l++) {
                 int64_t r = t * 16 + l;
                 if (r >= W->rows) r = W->rows - 1;
-                const uint16_t *e = W->stats2 + ((r / W->beta2) * G + g) * 4;
+                const uint16_t *e = W->stats2 + ((r / W->beta2) * NG + g) * 4;
                 const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
                 float f[4];
                 _mm_storeu_ps(f, q);
@@ -270,12 +270,12 @@ AI void group_stats(const kctx *c, const uint32_t *sw, int64_t g, __m512 tab, __
  * with the tile's statistics precomputed by tile_stats. */
 AI void finish_group(const kctx *c, int64_t g, int tt, const int NT, const int P, __m512 *y, __m512 (*d)[2]) {
     const __m512 sc = _mm512_load_ps(c->tstats + g * 32), zr = _mm512_load_ps(c->tstats + g * 32 + 16);
-    const int64_t G = c->W->ngroups;
-    const float *xs = c->job->xs + (size_t)tt * (size_t)G + g;
+    const int64_t NG = c->W->ngroups;
+    const float *xs = c->job->xs + (size_t)tt * (size_t)NG + g;
 #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
         const __m512 dt = P == 2 ? _mm512_add_ps(d[t][0], d[t][1]) : d[t][0];
-        y[t] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zr, _mm512_set1_ps(xs[t * G]), dt), y[t]);
+        y[t] = _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(zr, _mm512_set1_ps(xs[t * NG]), dt), y[t]);
         d[t][0] = d[t][1] = _mm512_setzero_ps();
     }
 }
@@ -384,16 +384,16 @@ static void add_lines(kctx *c, const void *p, size_t bytes, int64_t max) {
  * can prefetch them while it streams this tile's codes. */
 static void next_tile_lines(kctx *c, int64_t max) {
     const spqr_packed *W = c->W;
-    const int64_t t = c->tile + 1, G = W->ngroups;
+    const int64_t t = c->tile + 1, NG = W->ngroups;
     c->npf = 0;
     if (max > PF_MAX) max = PF_MAX;
     if (t >= W->ntiles) return;
     if (W->beta2 > 0) {
         add_lines(c, W->stat_codes + t * W->stat_words * 16, (size_t)W->stat_words * 64, max);
         const int64_t rb = t * 16 / W->beta2;
-        if (rb != c->tile * 16 / W->beta2) add_lines(c, W->stats2 + rb * G * 4, (size_t)G * 8, max);
+        if (rb != c->tile * 16 / W->beta2) add_lines(c, W->stats2 + rb * NG * 4, (size_t)NG * 8, max);
     } else {
-        add_lines(c, W->stats + t * G * 32, (size_t)G * 64, max);
+        add_lines(c, W->stats + t * NG * 32, (size_t)NG * 64, max);
     }
     const int64_t r0 = t * 16, r1 = r0 + 16 < W->rows ? r0 + 16 : W->rows;
     const int64_t k0 = W->ol_row_ptr[r0], k1 = W->ol_row_ptr[r1];
