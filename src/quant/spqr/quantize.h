@@ -24,8 +24,11 @@ typedef struct spqr_qparams {
     int blocksize;         /* GPTQ lazy-batch block (128)                    */
 } spqr_qparams;
 
-/* Paper defaults for SpQR near-lossless: bw=4, bs=bz=3, beta1=beta2=16,
- * act-order, percdamp 0.01, blocksize 128, tau 0.2. */
+/* Defaults. SpQR: the paper's near-lossless group sizes and bits (bw=4,
+ * bs=bz=3, beta1=beta2=16, tau 0.2), act-order, blocksize 128, and GPTQ's
+ * percdamp 0.01 (the authors' README runs this configuration with 1.0; see
+ * docs/ALGORITHM.md, D7). GPTQ: 4 bits, g128, fp16 statistics, act-order.
+ * RTN: 4 bits, g128, fp16 statistics. */
 void spqr_qparams_default(spqr_qparams *p, spqr_qmethod method);
 
 /* Check p for consistency against a layer with `cols` input columns.
