@@ -240,10 +240,24 @@ static void edit_ocw_width(char *m) { /* first layer: 2-byte counts, but the sec
     assert_non_null(p);
     p[6] = '2';
 }
-static void edit_version(char *m) { /* a model layout from the future */
-    char *p = strstr(m, "\"model_format_version\":2");
+static void set_version(char *m, char v) {
+    char *p = strstr(m, "\"model_format_version\":");
     assert_non_null(p);
-    p[23] = '9';
+    p[23] = v;
+}
+static void edit_version(char *m) { set_version(m, '9'); } /* a model layout from the future */
+static void edit_layout_unknown(char *m) { /* first layer in a format this build does not know */
+    char *p = strstr(m, "\"layout\":\"spqr\"");
+    assert_non_null(p);
+    memcpy(p + 10, "zzzz", 4);
+}
+static void drop_layout_keys(char *m, bool all) { /* "layout" -> "layouX": an unknown key */
+    for (char *p = m; (p = strstr(p, "\"layout\":")) != NULL && (all || p == strstr(m, "\"layout\":")); p++) p[6] = 'X';
+}
+static void edit_no_layout(char *m) { drop_layout_keys(m, false); } /* layout 3 without the key */
+static void edit_as_layout2(char *m) { /* what a file of model layout 2 looks like */
+    drop_layout_keys(m, true);
+    set_version(m, '2');
 }
 
 static void test_corrupt_model_files(void **s) {
@@ -272,6 +286,7 @@ static void test_corrupt_model_files(void **s) {
         {NULL, "blk.1.o_proj.perm", "blk.1.o_proj.perm"},
         {edit_ocw, NULL, "outlier count width 3"},
         {edit_ocw_width, NULL, "ol_count"},
+        {edit_no_layout, NULL, "has no \"layout\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         rewrite(good, bad, cases[i].edit, cases[i].drop);
@@ -291,6 +306,30 @@ static void test_corrupt_model_files(void **s) {
         assert_int_equal(st, SPQR_ERR_UNSUPPORTED);
         assert_null(q);
         assert_non_null(strstr(spqr_last_error(), "newer spqr"));
+    }
+    { /* a layer of a format this build does not know is refused by its name */
+        rewrite(good, bad, edit_layout_unknown, NULL);
+        spqr_model *q = NULL;
+        spqr_status st = spqr_model_load(bad, NULL, &q);
+        printf("  unknown layout -> %s: %s\n", spqr_status_string(st), spqr_last_error());
+        assert_int_equal(st, SPQR_ERR_UNSUPPORTED);
+        assert_non_null(strstr(spqr_last_error(), "'zzzz'"));
+    }
+    { /* files of model layout 2 (no "layout" keys: SpQR-packed layers) load and evaluate the same */
+        rewrite(good, bad, edit_as_layout2, NULL);
+        spqr_model *a = NULL, *b = NULL;
+        assert_int_equal(spqr_model_load(good, NULL, &a), SPQR_OK);
+        assert_int_equal(spqr_model_load(bad, NULL, &b), SPQR_OK);
+        assert_string_equal(b->blocks[0].lin[SPQR_LIN_Q].fmt->name, "spqr");
+        char *text = NULL;
+        size_t n = 0;
+        assert_int_equal(spqr_read_file(calib, &text, &n), SPQR_OK);
+        double na = eval_slice(a, text, 8000), nb = eval_slice(b, text, 8000);
+        printf("  layout 2 file: nll %.6f, layout 3 file: nll %.6f\n", nb, na);
+        assert_true(na == nb);
+        free(text);
+        spqr_model_free(a);
+        spqr_model_free(b);
     }
     /* a flipped code byte: loads (codes are not range-checked) but --verify names the tensor */
     rewrite(good, bad, NULL, NULL);
