@@ -24,6 +24,8 @@
 #include "formats/spqr/packed.h"
 #include "formats/spqr/cpu/qgemm.h"
 #include "kernels/cpu/cpu.h"
+#include "format/qformat.h"
+#include "io/container.h"
 
 /* ---- random layers ------------------------------------------------------------ */
 
@@ -722,6 +724,105 @@ static void test_dense_gemv(void **state) {
     spqr_kernel_force(NULL);
 }
 
+/* ---- registered formats through the container -------------------------------- */
+
+typedef struct {
+    spqr_container *c;
+    const char *base;
+} find_ctx;
+
+static spqr_status find_sec(void *ctx, const char *name, spqr_qsection *out) {
+    const find_ctx *f = ctx;
+    char full[256];
+    snprintf(full, sizeof full, "%s.%s", f->base, name);
+    spqr_ctensor t;
+    spqr_status st = spqr_container_find(f->c, full, &t);
+    if (!st) *out = (spqr_qsection){name, t.dtype, t.data, t.nbytes};
+    return st;
+}
+
+/* Write payload's sections as 1-D tensors (dims = bytes / dtype size, as the
+ * model writer does), read them back through the format's open, and compare
+ * the dequantized weights. */
+static void file_roundtrip(const spqr_qformat *fmt, const void *payload, int rows, int cols, const char *geometry) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/fmt.spqr", tu_tmpdir());
+    spqr_cwriter *w = NULL;
+    assert_int_equal(spqr_cwriter_open(path, &w), SPQR_OK);
+    spqr_qsection sec[SPQR_QFORMAT_MAX_SECTIONS];
+    int n = fmt->sections(payload, sec, SPQR_QFORMAT_MAX_SECTIONS);
+    assert_true(n > 0);
+    for (int i = 0; i < n; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "L.%s", sec[i].name);
+        uint64_t d = sec[i].bytes / spqr_dtype_size(sec[i].dtype);
+        spqr_status st = spqr_cwriter_add(w, name, sec[i].dtype, 1, &d, sec[i].data, sec[i].bytes);
+        if (st) fprintf(stderr, "%s\n", spqr_last_error());
+        assert_int_equal(st, SPQR_OK); /* every section's size is a whole number of its elements */
+    }
+    cJSON *geom = cJSON_CreateObject();
+    assert_int_equal(fmt->write_geometry(payload, geom), SPQR_OK);
+    assert_int_equal(spqr_cwriter_set_metadata(w, geometry), SPQR_OK);
+    assert_int_equal(spqr_cwriter_finish(w), SPQR_OK);
+    spqr_container *c = NULL;
+    assert_int_equal(spqr_container_open(path, &c), SPQR_OK);
+    find_ctx f = {c, "L"};
+    void *back = NULL;
+    spqr_status st = fmt->open(geom, rows, cols, find_sec, &f, &back);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    assert_int_equal(fmt->bytes(back), fmt->bytes(payload));
+    float *a = xmalloc(sizeof(float) * (size_t)rows * cols), *b = xmalloc(sizeof(float) * (size_t)rows * cols);
+    assert_int_equal(fmt->dequantize(payload, a), SPQR_OK);
+    assert_int_equal(fmt->dequantize(back, b), SPQR_OK);
+    assert_memory_equal(a, b, sizeof(float) * (size_t)rows * cols);
+    free(a);
+    free(b);
+    fmt->free(back);
+    cJSON_Delete(geom);
+    spqr_container_close(c);
+}
+
+static void test_format_file_roundtrip(void **state) {
+    (void)state;
+    tu_seed(11);
+    const spqr_qformat *fmt = spqr_qformat_find("spqr");
+    assert_non_null(fmt);
+    /* odd row counts (1-byte outlier counts that are not a whole number of
+     * index-width elements), partial tiles and groups, fp16 statistics, wide
+     * indices */
+    const cfg cases[] = {{17, 40, 3, 16, 16, 3, 3, 0.05}, {7, 33, 4, 8, 0, 0, 0, 0.1},
+                         {1, 1, 2, 1, 1, 1, 1, 0.5},      {3, 65600, 4, 128, 16, 3, 3, 0.001}};
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        spqr_qlayer q;
+        ql_random(&q, &cases[k]);
+        spqr_packed *pk = calloc(1, sizeof *pk);
+        assert_int_equal(spqr_pack(&q, pk), SPQR_OK);
+        file_roundtrip(fmt, pk, q.rows, q.cols, "{}");
+        float *a = xmalloc(sizeof(float) * (size_t)q.rows * q.cols), *b = xmalloc(sizeof(float) * (size_t)q.rows * q.cols);
+        spqr_qlayer_dequantize(&q, a);
+        assert_int_equal(fmt->dequantize(pk, b), SPQR_OK); /* the format's definition is qlayer.h's */
+        assert_memory_equal(a, b, sizeof(float) * (size_t)q.rows * q.cols);
+        free(a);
+        free(b);
+        fmt->free(pk);
+        ql_free(&q);
+    }
+    /* the dense format, f16 and bf16 with odd sizes */
+    const spqr_dtype dts[] = {SPQR_DT_F16, SPQR_DT_BF16, SPQR_DT_F32};
+    for (size_t k = 0; k < 3; k++) {
+        const int R = 5, C = 7;
+        uint16_t h[35];
+        float f[35];
+        for (int i = 0; i < R * C; i++) {
+            f[i] = tu_rand_normal();
+            h[i] = dts[k] == SPQR_DT_F16 ? spqr_f32_to_f16(f[i]) : spqr_f32_to_bf16(f[i]);
+        }
+        spqr_dense d = {dts[k] == SPQR_DT_F32 ? (const void *)f : (const void *)h, dts[k], R, C};
+        file_roundtrip(&spqr_qformat_dense, &d, R, C, "{}");
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pack_roundtrip),    cmocka_unit_test(test_layout1_counts),
@@ -729,7 +830,7 @@ int main(void) {
         cmocka_unit_test(test_pack_rejects),      cmocka_unit_test(test_from_sections_rejects),
         cmocka_unit_test(test_wide),              cmocka_unit_test(test_ref_vs_dense),
         cmocka_unit_test(test_variants),          cmocka_unit_test(test_kernel_api),
-        cmocka_unit_test(test_dense_gemv),
+        cmocka_unit_test(test_dense_gemv),        cmocka_unit_test(test_format_file_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,9 +22,11 @@ static int s_sections(const void *payload, spqr_qsection *out, int max) {
     int n = spqr_packed_sections(p, sec, SPQR_PACKED_MAX_SECTIONS);
     if (n < 0 || n > max) return -1;
     for (int i = 0; i < n; i++) {
-        /* ol_count is recorded with the index dtype whatever its width (the
-         * width is the "ocw" key): files of model layouts 1-2 did so */
-        spqr_dtype dt = section_dtype(sec[i].name, p->wide);
+        /* ol_count is recorded with its real element type (the "ocw" key is
+         * authoritative; layouts 1-2 recorded the index dtype, which could
+         * not describe an odd number of 1-byte counts) */
+        spqr_dtype dt = !strcmp(sec[i].name, "ol_count") ? (p->ocsz == 1 ? SPQR_DT_U8 : p->ocsz == 2 ? SPQR_DT_U16 : SPQR_DT_U32)
+                                                         : section_dtype(sec[i].name, p->wide);
         out[i] = (spqr_qsection){sec[i].name, dt, sec[i].data, sec[i].bytes};
     }
     return n;
