@@ -41,7 +41,7 @@ static spqr_status set_tau_other(void *p, double v) {
         {"stat-bits", SPQR_QOPT_INT, 0, 1, 8, NULL, "bits of the quantized scales/zeros (3)", set_stat_bits},        \
         {"stat-group-size", SPQR_QOPT_INT, QP(beta2), 0, 1 << 30, NULL,                                              \
          "second-level group beta2 (" b2_default "; 0 = fp16 statistics)", NULL},                                    \
-        {"perm", SPQR_QOPT_CHOICE, 0, 0, 0, "act-order|identity", "column order (act-order; rtn: identity)",        \
+        {"perm", SPQR_QOPT_CHOICE, 0, 0, 0, "act-order|identity", "column order: act-order or identity (act-order; rtn always identity)",        \
          set_perm},                                                                                                  \
         {"percdamp", SPQR_QOPT_DOUBLE, QP(percdamp), 0, 1, NULL, "Hessian dampening, fraction of mean diag (0.01)", \
          NULL}
