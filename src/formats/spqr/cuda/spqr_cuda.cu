@@ -23,7 +23,7 @@ extern "C" {
 #include "formats/spqr/qlayer.h"
 #include "util/common.h"
 }
-#include "kernels/cuda/spqr_cuda.h"
+#include "formats/spqr/cuda/spqr_cuda.h"
 
 /* ======================================================================== */
 /* Geometry and constants                                                    */
