@@ -26,7 +26,7 @@
 #include <string.h>
 
 #include "formats/spqr/cuda/gpu_layout.h"
-#include "quant/qlayer.h"
+#include "formats/spqr/qlayer.h"
 #include "testutil.h"
 
 static uint16_t h(float f) { return spqr_f32_to_f16(f); }

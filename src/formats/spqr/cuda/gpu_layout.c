@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant/qlayer.h"
+#include "formats/spqr/qlayer.h"
 
 static inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 static inline size_t align_up(size_t x) { return (x + SPQR_GPU_ALIGN - 1) & ~(size_t)(SPQR_GPU_ALIGN - 1); }

@@ -88,7 +88,7 @@ extern "C" {
 
 #include "util/common.h" /* spqr_status, spqr_f16_to_f32 */
 
-struct spqr_qlayer; /* quant/qlayer.h */
+struct spqr_qlayer; /* formats/spqr/qlayer.h */
 
 /* ---- geometry ------------------------------------------------------------ */
 

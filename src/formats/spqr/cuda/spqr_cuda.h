@@ -83,7 +83,7 @@
 extern "C" {
 #endif
 
-struct spqr_qlayer; /* quant/qlayer.h */
+struct spqr_qlayer; /* formats/spqr/qlayer.h */
 
 typedef struct spqr_cuda_qlinear spqr_cuda_qlinear;
 
