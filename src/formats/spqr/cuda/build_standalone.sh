@@ -1,7 +1,7 @@
 #!/bin/sh
 # build_standalone.sh - build test_cuda and bench_cuda without CMake: nvcc for
 # the .cu files of this folder, the C compiler for gpu_layout.c, the few
-# library files they need (util/status.c, util/numfmt.c, quant/qlayer.c) and
+# library files they need (util/status.c, util/numfmt.c, formats/spqr/qlayer.c) and
 # the test/bench sources. Needs no BLAS, cJSON or xxhash; the test needs
 # cmocka (CMOCKA_DIR=prefix if not in /usr).
 #   src/formats/spqr/cuda/build_standalone.sh [outdir]   (default build-cuda-sa)
@@ -30,7 +30,7 @@ for cu in "$HERE"/*.cu; do
     fi
 done
 OBJ=
-for f in src/formats/spqr/cuda/gpu_layout.c src/util/status.c src/util/numfmt.c src/quant/qlayer.c; do
+for f in src/formats/spqr/cuda/gpu_layout.c src/util/status.c src/util/numfmt.c src/formats/spqr/qlayer.c; do
     $CC $CFLAGS -c "$ROOT/$f" -o "$OUT/$(basename "$f" .c).o"
     OBJ="$OBJ $OUT/$(basename "$f" .c).o"
 done
