@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/spqr_cuda.h"
+#include "formats/spqr/cuda/spqr_cuda.h"
 #include "formats/spqr/qlayer.h"
 
 #define CHECK(call)                                                                        \

@@ -29,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda/spqr_cuda.h"
+#include "formats/spqr/cuda/spqr_cuda.h"
 #include "formats/spqr/qlayer.h"
 #include "testutil.h"
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "../../format/qformat.h"
-#include "../../kernels/cuda/spqr_cuda.h"
+#include "cuda/spqr_cuda.h"
 #include "cpu/qgemm.h"
 #include "packed.h"
 

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "model/gpu/gpu_model.h"
-#include "kernels/cuda/spqr_cuda.h"
+#include "formats/spqr/cuda/spqr_cuda.h"
 
 extern "C" {
 #include "model/model.h"

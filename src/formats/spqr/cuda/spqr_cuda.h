@@ -8,58 +8,37 @@
  * used. The qgemm scratch buffers are shared per process and guarded by a
  * mutex, so concurrent calls from several host threads are serialized.
  *
- * ---------------------------------------------------------------------------
- * GPU layout (what spqr_cuda_qlinear_upload builds from an spqr_qlayer)
- * ---------------------------------------------------------------------------
- * Rows are padded to 16 ("tiles"), permuted columns to 256 ("quads" of four
- * 64-column "windows"); padding codes are 0 and padded inputs are 0. A warp
- * computes one tile over a range of quads with mma.m16n8k16 (fp16 in, fp32
- * accumulation). The k dimension of one mma is NOT 16 consecutive columns:
- * lane L = 4g + t (g = L/4, t = L%4) owns column quarter t of every window
- * (columns 16t..16t+15) for rows g and g+8, and k-tile kt (0..3) of a window
- * takes columns 16t + 4kt + {0,1,2,3} of each quarter (the mma's k = 2t,
- * 2t+1, 2t+8, 2t+9). So a lane's weights of a window share one first-level
- * group per row when beta1 is a multiple of 16 (two groups when beta1 = 8),
- * and each lane decodes only its own statistics. The B operand (inputs) uses
- * the same k order, which is just 4 consecutive permuted columns per lane.
+ * The GPU layout that spqr_cuda_qlinear_upload builds from an spqr_qlayer
+ * (tiles of 16 rows, quads of 256 permuted columns, lane-owned column
+ * quarters, the fast and the generic layout) is specified in gpu_layout.h,
+ * beside the one definition of where each weight's code, statistics and
+ * outliers live.
  *
- * "fast" layout (beta1 = 8 or a multiple of 16):
- *  - codes: per (tile, quad, lane) B 16-byte words (B = wbits for 2..4, 8 for
- *    5..8), stored as uint4 [tile][quad][u][lane] so a warp load is 512
- *    contiguous bytes. Window wi owns words wi*B .. wi*B+B-1 of the lane.
- *    Its 32 codes form 16 pairs p = 4kt + r (r = register of the A fragment:
- *    row g + 8*(r&1), columns 2*(r>>1) + {0,1} of the k-tile's four); the
- *    second code of a pair is always 16 bits above the first, so one LOP3
- *    with 0x6400 turns a pair into half2(1024 + c) and one exact HSUB2/HFMA2
- *    into the integers. B=4: word kt, r = 0/2/1/3 at bits 0/4/8/12.
- *    B=2: word p/8, bit 2(p%8). B=3: word p/5, bit 3(p%5) for p < 15, and
- *    pair 15 spread over bits 15/31 of the three words (bit b in word b).
- *    B=8: word p/2, byte p%2 (second code two bytes up). code_loc() in
- *    spqr_cuda.cu is the one definition.
- *  - first-level statistics, mode BIL4 (bilevel, sbits and zbits <= 4,
- *    beta2 a multiple of 16): per (tile, quad, lane) 2 words (4 with
- *    beta1 = 8): 4-bit scale codes in the low half, zero codes 16 bits
- *    higher, rows g / g+8 at +0 / +4, windows (or the two groups when
- *    beta1 = 8) at +0 / +8. Second level: uint2 [row block][group] = {s2_zero
- *    | z2_zero << 16, s2_scale | -z2_scale << 16} (fp16 bits), each row
- *    block padded with zeros to the groups of the padded columns.
- *    Mode F16 (beta2 = 0, or other bilevel settings): per (row, group) a
- *    half2 (scale, -zero) (fp16; for bilevel layers these are the exact
- *    float statistics rounded to fp16), 8 words per (tile, quad, lane)
- *    (16 with beta1 = 8).
- *  - outliers: buckets per (tile, quad), u32 prefix offsets
- *    [ntiles*nquads + 1]; entry = column-in-quad (8 bits) | row-in-tile << 8
- *    | fp16 value << 16 (32 bits per outlier), read by the batch-1 kernel;
- *    and a row-ordered copy (u32 offsets [rows + 1], u32 permuted column,
- *    fp16 value) for the batch-T outlier kernel (device memory only: a
- *    product reads one of the two).
- *  - perm[cols] (int32), as in qlayer.h.
- *  Storage per weight for wbits = 3/4, beta1 = beta2 = 16, sbits = zbits = 3
- *  with 1% outliers: wbits + 0.5 + 0.25 + 0.32 bits (4-bit stat fields).
- *
- * "generic" layout (any other beta1): codes one byte each [rows][cols],
- * float (scale, zero) per (row, group), outliers as CSR with float values;
- * only the reference kernel runs on it.
+ * ---------------------------------------------------------------------------
+ * Files (src/formats/spqr/cuda/; design history and measurements in NOTES.md)
+ * ---------------------------------------------------------------------------
+ *  spqr_cuda.h        this public C API
+ *  gpu_layout.h       the layout: geometry, index helpers and the decode of
+ *                     one weight, host+device (SPQR_HD), plain C11
+ *  gpu_layout.c       host-side packing of an spqr_qlayer into the layout
+ *                     (plain C, in every build; tests/test_gpu_layout.c
+ *                     round-trips it on the CPU)
+ *  device_layout.cuh  the device view of a layer (DevLayer: geometry +
+ *                     section pointers), statistic configurations, constants
+ *  ptx.cuh            inline-PTX wrappers (LOP3, PRMT, f16x2, mma, PDL)
+ *  fragment.cuh       decoding a lane's codes and statistics into mma operands
+ *  pipeline.cuh       the cp.async copy pipeline (stages, per-lane sources)
+ *  kernels.cuh        launch shape and arguments shared by the kernel files
+ *                     and the dispatch, split-K reduction, per-file entry points
+ *  gemv.cu            batch-1 kernel (k_gemv) and its input prep (k_prep1)
+ *  gemm.cu            batch-T kernel (k_gemm), its prep (k_prep) and the
+ *                     outlier kernel (k_outliers)
+ *  ref.cu             CUDA-core reference kernel (k_ref), either layout
+ *  spqr_cuda.cu       upload / clone / free / info and the qgemm dispatch
+ *                     (kernel choice, split-K, scratch, launches)
+ *  runtime.cu/.cuh    device discovery, errors, memory and copy helpers,
+ *                     cuBLAS baseline, timers, bandwidth probe
+ *  spqr_cuda_stub.c   this API for builds without CUDA
  *
  * ---------------------------------------------------------------------------
  * Kernels
@@ -104,7 +83,7 @@
 extern "C" {
 #endif
 
-struct spqr_qlayer; /* quant/qlayer.h */
+struct spqr_qlayer; /* formats/spqr/qlayer.h */
 
 typedef struct spqr_cuda_qlinear spqr_cuda_qlinear;
 

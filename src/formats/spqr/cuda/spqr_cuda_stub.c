@@ -1,6 +1,6 @@
 /* spqr_cuda_stub.c - the CUDA API for builds without nvcc: everything fails
  * with SPQR_ERR_NO_DEVICE ("built without CUDA"). */
-#include "kernels/cuda/spqr_cuda.h"
+#include "formats/spqr/cuda/spqr_cuda.h"
 
 #include <string.h>
 
