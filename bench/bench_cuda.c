@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "formats/spqr/cuda/spqr_cuda.h"
+#include "cuda_util.h"
 #include "formats/spqr/qlayer.h"
 
 #define CHECK(call)                                                                        \
@@ -177,7 +178,7 @@ static void op_cublas(op_ctx *c, int k) {
 }
 
 static int g_reps = 30;
-static spqr_cuda_timer *g_tm;
+static spqr_bench_timer *g_tm;
 
 /* median microseconds per call */
 static double time_op(void (*fn)(op_ctx *, int), op_ctx *c) {
@@ -187,9 +188,9 @@ static double time_op(void (*fn)(op_ctx *, int), op_ctx *c) {
     double *s = malloc(sizeof(double) * g_reps);
     for (int i = 0; i < g_reps; i++) {
         float ms = 0;
-        CHECK(spqr_cuda_timer_start(g_tm));
+        CHECK(spqr_bench_timer_start(g_tm));
         for (int k = 0; k < c->ncopies; k++) fn(c, k);
-        CHECK(spqr_cuda_timer_stop(g_tm, &ms));
+        CHECK(spqr_bench_timer_stop(g_tm, &ms));
         s[i] = 1000.0 * ms / c->ncopies;
     }
     qsort(s, (size_t)g_reps, sizeof *s, cmp_d);
@@ -231,7 +232,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     printf("device: %s\n", name);
-    CHECK(spqr_cuda_timer_new(&g_tm));
+    CHECK(spqr_bench_timer_new(&g_tm));
     if (one) { /* one layer, a few calls (for profilers) */
         spqr_qlayer q;
         layer_make(&q, oR, oC, oB);
@@ -240,7 +241,7 @@ int main(int argc, char **argv) {
         float *dX = NULL, *dY = NULL;
         CHECK(spqr_cuda_malloc((void **)&dX, sizeof(float) * oT * oC));
         CHECK(spqr_cuda_malloc((void **)&dY, sizeof(float) * oT * oR));
-        CHECK(spqr_cuda_fill_normal(dX, (size_t)oT * oC, 5));
+        CHECK(spqr_bench_fill_normal(dX, (size_t)oT * oC, 5));
         for (int i = 0; i < 20; i++) CHECK(spqr_cuda_qgemm(W, dX, oT, dY));
         CHECK(spqr_cuda_synchronize());
         spqr_cuda_qlinear *Ws[2] = {W, NULL};
@@ -255,7 +256,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     double bw_memcpy = 0, bw_kernel = 0;
-    CHECK(spqr_cuda_copy_bandwidth((size_t)1 << 30, 20, &bw_memcpy, &bw_kernel));
+    CHECK(spqr_bench_copy_bandwidth((size_t)1 << 30, 20, &bw_memcpy, &bw_kernel));
     const double bw_copy = bw_memcpy > bw_kernel ? bw_memcpy : bw_kernel;
     printf("copy bandwidth (read+write): cudaMemcpy D2D %.0f GB/s, copy kernel %.0f GB/s -> reference %.0f GB/s\n",
            bw_memcpy, bw_kernel, bw_copy);
@@ -278,7 +279,7 @@ int main(int argc, char **argv) {
         CHECK(spqr_cuda_malloc((void **)&dYr, sizeof(float) * maxb * R));
         CHECK(spqr_cuda_malloc((void **)&dX16, 2 * (size_t)maxb * C));
         CHECK(spqr_cuda_malloc((void **)&dY16, 2 * (size_t)maxb * R));
-        CHECK(spqr_cuda_fill_normal(dX, (size_t)maxb * C, 1000 + si));
+        CHECK(spqr_bench_fill_normal(dX, (size_t)maxb * C, 1000 + si));
         CHECK(spqr_cuda_f32_to_f16(dX, dX16, (size_t)maxb * C));
         float *hX = malloc(sizeof(float) * maxb * C), *hY = malloc(sizeof(float) * maxb * R),
               *hYr = malloc(sizeof(float) * maxb * R);
@@ -292,7 +293,7 @@ int main(int argc, char **argv) {
         CHECK(spqr_cuda_malloc((void **)&tmpf, sizeof(float) * R * C));
         for (int k = 0; k < nc16; k++) {
             CHECK(spqr_cuda_malloc((void **)&W16[k], b16));
-            CHECK(spqr_cuda_fill_normal(tmpf, (size_t)R * C, 77 + k));
+            CHECK(spqr_bench_fill_normal(tmpf, (size_t)R * C, 77 + k));
             CHECK(spqr_cuda_f32_to_f16(tmpf, W16[k], (size_t)R * C));
         }
         spqr_cuda_free(tmpf);
@@ -421,6 +422,6 @@ int main(int argc, char **argv) {
                o->bpw, o->batch, o->us, o->us_cublas, o->us_cublas / o->us, o->gbs, 100 * o->frac, tgt);
     }
     printf("targets met: %d of %d; correctness: %s\n", met, total, fails ? "FAILED" : "all ok");
-    spqr_cuda_timer_free(g_tm);
+    spqr_bench_timer_free(g_tm);
     return fails ? 1 : 0;
 }

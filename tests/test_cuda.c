@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "formats/spqr/cuda/spqr_cuda.h"
+#include "cuda_util.h"
 #include "formats/spqr/qlayer.h"
 #include "testutil.h"
 
@@ -531,14 +532,14 @@ static void test_helpers(void **state) {
     printf("dense gemm: fp32 worst %.3g, fp16 worst %.3g (relative to sum |w x|)\n", e32, e16);
     assert_true(e32 < 1e-5);
     assert_true(e16 < 5e-3);
-    spqr_cuda_timer *tm;
+    spqr_bench_timer *tm;
     float ms = -1;
-    assert_int_equal(spqr_cuda_timer_new(&tm), SPQR_OK);
-    assert_int_equal(spqr_cuda_timer_start(tm), SPQR_OK);
-    assert_int_equal(spqr_cuda_fill_normal(dw, (size_t)R * C, 1), SPQR_OK);
-    assert_int_equal(spqr_cuda_timer_stop(tm, &ms), SPQR_OK);
+    assert_int_equal(spqr_bench_timer_new(&tm), SPQR_OK);
+    assert_int_equal(spqr_bench_timer_start(tm), SPQR_OK);
+    assert_int_equal(spqr_bench_fill_normal(dw, (size_t)R * C, 1), SPQR_OK);
+    assert_int_equal(spqr_bench_timer_stop(tm, &ms), SPQR_OK);
     assert_true(ms >= 0);
-    spqr_cuda_timer_free(tm);
+    spqr_bench_timer_free(tm);
     spqr_cuda_free(dw);
     spqr_cuda_free(dx);
     spqr_cuda_free(dy);

@@ -1,8 +1,9 @@
 /* gpu_model.cu - the LLaMA forward pass on the GPU: the same computation as
  * src/model/forward.c (RMSNorm, RoPE, causal GQA attention, SwiGLU,
- * residuals, final norm, head) with packed linears through spqr_cuda_qgemm,
- * dense ones through cuBLAS SGEMM (float32, no TF32), and small kernels for
- * the rest. Everything runs on the legacy default stream. */
+ * residuals, final norm, head). Quantized linears run through their
+ * format's CUDA kernels (spqr_qformat.cuda_gemm; formats without any are
+ * uploaded dequantized), dense ones through cuBLAS SGEMM (float32, no TF32),
+ * and small kernels do the rest. Everything runs on the legacy default stream. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -10,7 +11,7 @@
 #include <string.h>
 
 #include "model/gpu/gpu_model.h"
-#include "formats/spqr/cuda/spqr_cuda.h"
+#include "kernels/cuda/cuda_rt.h"
 
 extern "C" {
 #include "model/model.h"

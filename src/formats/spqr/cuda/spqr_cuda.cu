@@ -23,7 +23,7 @@ extern "C" {
 #include "formats/spqr/cuda/gpu_layout.h"
 #include "formats/spqr/cuda/kernels.cuh"
 #include "formats/spqr/cuda/pipeline.cuh" /* MAXQ */
-#include "formats/spqr/cuda/runtime.cuh"
+#include "kernels/cuda/runtime.cuh"
 #include "formats/spqr/cuda/spqr_cuda.h"
 
 struct spqr_cuda_qlinear {

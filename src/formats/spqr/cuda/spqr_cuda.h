@@ -36,8 +36,8 @@
  *  ref.cu             CUDA-core reference kernel (k_ref), either layout
  *  spqr_cuda.cu       upload / clone / free / info and the qgemm dispatch
  *                     (kernel choice, split-K, scratch, launches)
- *  runtime.cu/.cuh    device discovery, errors, memory and copy helpers,
- *                     cuBLAS baseline, timers, bandwidth probe
+ *  (src/kernels/cuda/runtime.cu, cuda_rt.h: device discovery, errors,
+ *   memory and copy helpers, cuBLAS, shared by every GPU part)
  *  spqr_cuda_stub.c   this API for builds without CUDA
  *
  * ---------------------------------------------------------------------------
@@ -78,6 +78,7 @@
 #include <stdint.h>
 
 #include "spqr.h"
+#include "kernels/cuda/cuda_rt.h" /* device, memory, cuBLAS */
 
 #ifdef __cplusplus
 extern "C" {
@@ -86,10 +87,6 @@ extern "C" {
 struct spqr_qlayer; /* formats/spqr/qlayer.h */
 
 typedef struct spqr_cuda_qlinear spqr_cuda_qlinear;
-
-/* SPQR_OK if a CUDA device is usable; name (may be NULL) receives its name
- * and memory, e.g. "NVIDIA H100 80GB HBM3 (79.1 GiB, sm_90, 132 SMs)". */
-spqr_status spqr_cuda_available(char *name, size_t n);
 
 /* Repack q into the GPU layout above and upload it. Fails with
  * SPQR_ERR_INVALID_ARG for inconsistent layers and SPQR_ERR_NO_DEVICE when
@@ -140,47 +137,6 @@ spqr_status spqr_cuda_qgemm_ex(const spqr_cuda_qlinear *W, const float *dX,
                                const spqr_cuda_qgemm_opts *opts);
 /* The split-K factor AUTO picks for this layer and batch (diagnostics). */
 int spqr_cuda_qgemm_auto_split(const spqr_cuda_qlinear *W, int n_tok);
-
-/* ---- runtime helpers (thin wrappers returning spqr_status) -------------- */
-spqr_status spqr_cuda_malloc(void **dptr, size_t bytes);
-void spqr_cuda_free(void *dptr); /* accepts NULL */
-spqr_status spqr_cuda_memcpy_h2d(void *dst, const void *src, size_t bytes);
-spqr_status spqr_cuda_memcpy_d2h(void *dst, const void *src, size_t bytes);
-spqr_status spqr_cuda_memcpy_d2d(void *dst, const void *src, size_t bytes);
-spqr_status spqr_cuda_memset(void *dptr, int value, size_t bytes);
-spqr_status spqr_cuda_synchronize(void); /* also reports asynchronous errors */
-/* Free and total device memory. The environment variable SPQR_GPU_MEMORY_MIB,
- * when set to a number, caps the free figure that uploads check against: it
- * lets tests (and users) try the too-little-memory paths on a large GPU, or
- * keep room for other work. */
-spqr_status spqr_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
-
-/* Dense baseline through cuBLAS: Y[t][r] = sum_c W[r][c] X[t][c] with
- * W [rows][cols], X [n_tok][cols], Y [n_tok][rows] all float32
- * (dtype SPQR_CUDA_F32, SGEMM) or all fp16 (SPQR_CUDA_F16, GemmEx with fp32
- * accumulation). */
-enum { SPQR_CUDA_F32 = 0, SPQR_CUDA_F16 = 1 };
-spqr_status spqr_cuda_dense_gemm(int dtype, const void *dW, const void *dX,
-                                 void *dY, int rows, int cols, int n_tok);
-/* Convert n float32 values to fp16 (round to nearest) on the device. */
-spqr_status spqr_cuda_f32_to_f16(const float *dsrc, uint16_t *ddst, size_t n);
-/* Fill n float32 values with a deterministic pseudo-random normal(0,1)
- * sequence (seeded) on the device. */
-spqr_status spqr_cuda_fill_normal(float *dptr, size_t n, uint64_t seed);
-
-/* Event timer on the default stream. */
-typedef struct spqr_cuda_timer spqr_cuda_timer;
-spqr_status spqr_cuda_timer_new(spqr_cuda_timer **t);
-void spqr_cuda_timer_free(spqr_cuda_timer *t);
-spqr_status spqr_cuda_timer_start(spqr_cuda_timer *t);
-/* Records the stop event, waits for it, returns elapsed milliseconds. */
-spqr_status spqr_cuda_timer_stop(spqr_cuda_timer *t, float *ms);
-
-/* Device copy bandwidth in GB/s (bytes read + bytes written per second), the
- * median of reps copies of `bytes` with cudaMemcpy device-to-device and with
- * a 16-byte-per-thread copy kernel. */
-spqr_status spqr_cuda_copy_bandwidth(size_t bytes, int reps,
-                                     double *memcpy_gbs, double *kernel_gbs);
 
 #ifdef __cplusplus
 }
