@@ -185,7 +185,7 @@ static void test_hf_f16_untied(void **s) {
     spqr_gpu_model_free(g);
     char out[4200];
     snprintf(out, sizeof out, "%s/hf16u.spqr", tu_tmpdir());
-    const char *const opts[] = {"stat-group-size", "0", NULL};
+    const char *const opts[] = {"group-size", "16", "stat-group-size", "0", NULL};
     m = quantize_reload(m, "rtn", opts, out);
     g = gpu_or_skip(m);
     if (g) compare(m, g, "hf f16 untied packed", 5e-3);
