@@ -41,11 +41,7 @@ AI void dec_block(const uint32_t *wp, float *out, const int B) {
     }
 }
 
-static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) {
-#define DEC(B) spqr_qg_dec_codes(c->W, c->tile, c0, c1, c->cbuf, B, dec_block)
-    SPQR_QG_SWITCH_WBITS(c->W->wbits, DEC)
-#undef DEC
-}
+static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) { spqr_qg_dec_chunk(c->W, c->tile, c0, c1, c->cbuf, dec_block); }
 
 /* ---- statistics ---------------------------------------------------------------- */
 

@@ -75,6 +75,11 @@ static inline __attribute__((always_inline)) void spqr_qg_dec_codes(const spqr_p
     }
 }
 
+/* spqr_qg_dec_codes for W's code width, specialized per width. */
+#define SPQR_QG_DEC_CASE(B) spqr_qg_dec_codes(W, tile, c0, c1, out, B, dec)
+static inline __attribute__((always_inline)) void spqr_qg_dec_chunk(const spqr_packed *W, int64_t tile, int64_t c0,
+                                                                    int64_t c1, float *out, spqr_qg_dec_block_fn dec);
+
 /* CASE(B) for the code width B of W (2..8), B a compile-time constant in
  * each case, so kernels specialize on it. */
 #define SPQR_QG_SWITCH_WBITS(wbits, CASE)                                                                            \
@@ -87,5 +92,10 @@ static inline __attribute__((always_inline)) void spqr_qg_dec_codes(const spqr_p
     case 7: CASE(7); break;                                                                                          \
     default: CASE(8); break;                                                                                         \
     }
+
+static inline __attribute__((always_inline)) void spqr_qg_dec_chunk(const spqr_packed *W, int64_t tile, int64_t c0,
+                                                                    int64_t c1, float *out, spqr_qg_dec_block_fn dec) {
+    SPQR_QG_SWITCH_WBITS(W->wbits, SPQR_QG_DEC_CASE)
+}
 
 #endif
