@@ -32,6 +32,7 @@
 #include "../model/forward_tree.h"
 #include "../model/model.h"
 #include "../tokenizer/tokenizer.h"
+#include "zeroshot.h"
 
 #define BATCH_TOKENS_CPU 2048
 #define BATCH_TOKENS_GPU 16384
@@ -307,10 +308,11 @@ typedef struct zs_tok {
     int prefix_ok;
 } zs_tok;
 
-/* Encode request q (index i of document d) as lm-eval does. */
+/* Encode one request as lm-eval does (zeroshot.h). */
 static spqr_status encode_req(const spqr_tokenizer *tk, const zs_req *q, int add_bos, int32_t bos, zs_tok *o) {
     size_t cl = strlen(q->ctx), ql = strlen(q->cont);
     size_t keep = py_rstrip_len(q->ctx, cl);
+    o->ctx = o->cont = NULL;
     spqr_status st;
     int32_t *whole = NULL, *ctx = NULL;
     size_t nw = 0, nc = 0;
@@ -356,6 +358,23 @@ static spqr_status encode_req(const spqr_tokenizer *tk, const zs_req *q, int add
     o->ctx = ctx;
     o->n_ctx = (int)nc;
     o->n_cont = (int)ncont;
+    return SPQR_OK;
+}
+
+spqr_status spqr_zs_encode(const spqr_tokenizer *tk, const char *ctx, const char *cont, int add_bos,
+                           spqr_zs_pair *out) {
+    memset(out, 0, sizeof *out);
+    if (!tk || !ctx || !cont) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_zs_encode: NULL argument");
+    zs_req q = {(char *)ctx, (char *)cont, 1};
+    zs_tok o;
+    memset(&o, 0, sizeof o);
+    spqr_status st = encode_req(tk, &q, add_bos, spqr_tokenizer_bos(tk), &o);
+    if (st) return st;
+    out->ctx = o.ctx;
+    out->n_ctx = o.n_ctx;
+    out->cont = o.cont;
+    out->n_cont = o.n_cont;
+    out->prefix_ok = o.prefix_ok;
     return SPQR_OK;
 }
 
@@ -527,6 +546,47 @@ static spqr_status naive_request(spqr_model *m, const int32_t *in, int L, const 
 }
 
 static double stderr_of(double p, int64_t n) { return n > 1 ? sqrt(p * (1.0 - p) / (double)(n - 1)) : 0.0; }
+
+spqr_status spqr_zs_metrics(const spqr_task *t, int64_t nd, const double *ll, const uint8_t *greedy,
+                            spqr_zeroshot_result *res) {
+    if (!t || nd <= 0 || nd > t->n_docs || !ll || !greedy || !res)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_zs_metrics: bad arguments");
+    int64_t nr = t->docs[nd - 1].first + t->docs[nd - 1].n_req;
+    res->n = nd;
+    res->has_acc_norm = res->has_ppl = 0;
+    res->acc_norm = res->acc_norm_stderr = res->ppl = 0.0;
+    if (t->kind == SPQR_TASK_GREEDY) {
+        double acc = 0.0, sum = 0.0;
+        for (int64_t i = 0; i < nr; i++) {
+            acc += greedy[i] ? 1.0 : 0.0;
+            sum += ll[i];
+        }
+        res->acc = acc / (double)nd;
+        res->has_ppl = 1;
+        res->ppl = exp(-sum / (double)nr);
+    } else {
+        int64_t hit = 0, hit_norm = 0;
+        for (int64_t d = 0; d < nd; d++) {
+            const zs_doc *doc = &t->docs[d];
+            int best = 0, best_n = 0; /* strict >: ties go to the lowest index (np.argmax) */
+            for (int i = 1; i < doc->n_req; i++) {
+                int64_t q = doc->first + i, qb = doc->first + best, qn = doc->first + best_n;
+                if (ll[q] > ll[qb]) best = i;
+                if (ll[q] / t->reqs[q].chars > ll[qn] / t->reqs[qn].chars) best_n = i;
+            }
+            hit += best == doc->gold;
+            hit_norm += best_n == doc->gold;
+        }
+        res->acc = (double)hit / (double)nd;
+        res->has_acc_norm = t->acc_norm;
+        if (t->acc_norm) {
+            res->acc_norm = (double)hit_norm / (double)nd;
+            res->acc_norm_stderr = stderr_of(res->acc_norm, nd);
+        }
+    }
+    res->acc_stderr = stderr_of(res->acc, nd);
+    return SPQR_OK;
+}
 
 spqr_status spqr_zeroshot_eval(spqr_model *m, const spqr_task *t, const spqr_zeroshot_options *opts,
                                spqr_zeroshot_result *res) {
@@ -730,39 +790,8 @@ spqr_status spqr_zeroshot_eval(spqr_model *m, const spqr_task *t, const spqr_zer
         if (st) goto done;
     }
 
-    /* metrics */
-    res->n = nd;
     res->n_requests = nr;
-    if (t->kind == SPQR_TASK_GREEDY) {
-        double acc = 0.0, ll = 0.0;
-        for (int64_t i = 0; i < nr; i++) {
-            acc += run.greedy[i];
-            ll += run.ll[i];
-        }
-        res->acc = acc / (double)nd;
-        res->has_ppl = 1;
-        res->ppl = exp(-ll / (double)nr);
-    } else {
-        int64_t hit = 0, hit_norm = 0;
-        for (int64_t d = 0; d < nd; d++) {
-            const zs_doc *doc = &t->docs[d];
-            int best = 0, best_n = 0;
-            for (int i = 1; i < doc->n_req; i++) {
-                int64_t q = doc->first + i, qb = doc->first + best, qn = doc->first + best_n;
-                if (run.ll[q] > run.ll[qb]) best = i;
-                if (run.ll[q] / t->reqs[q].chars > run.ll[qn] / t->reqs[qn].chars) best_n = i;
-            }
-            hit += best == doc->gold;
-            hit_norm += best_n == doc->gold;
-        }
-        res->acc = (double)hit / (double)nd;
-        res->has_acc_norm = t->acc_norm;
-        if (t->acc_norm) {
-            res->acc_norm = (double)hit_norm / (double)nd;
-            res->acc_norm_stderr = stderr_of(res->acc_norm, nd);
-        }
-    }
-    res->acc_stderr = stderr_of(res->acc, nd);
+    if ((st = spqr_zs_metrics(t, nd, run.ll, run.greedy, res))) goto done;
     if (o.keep_requests) {
         res->requests = spqr_calloc_array((size_t)nr, sizeof(spqr_zeroshot_request));
         if (!res->requests) {
