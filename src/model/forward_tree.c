@@ -128,6 +128,8 @@ static spqr_status tree_block(const spqr_model *m, int layer, float *X, const sp
     size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
     int T = tb->n;
     spqr_status st;
+    int nt = spqr_num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t t = 0; t < tn; t++) spqr_rmsnorm(w->xb + t * D, X + t * D, b->attn_norm, (int)D, c->norm_eps);
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_Q], w->xb, T, w->q))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_K], w->xb, T, w->k))) return st;
@@ -136,15 +138,19 @@ static spqr_status tree_block(const spqr_model *m, int layer, float *X, const sp
     rope_at(c, w->k, T, c->n_kv_heads, (int)kvd, tb->pos, cs, sn);
     if ((st = tree_attention(c, tb, maxlen, w->q, w->k, w->v, w->a))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_O], w->a, T, w->xb))) return st;
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t i = 0; i < tn * D; i++) X[i] += w->xb[i];
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t t = 0; t < tn; t++) spqr_rmsnorm(w->xb + t * D, X + t * D, b->ffn_norm, (int)D, c->norm_eps);
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_GATE], w->xb, T, w->g))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_UP], w->xb, T, w->u))) return st;
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t i = 0; i < tn * F; i++) {
         float v = w->g[i];
         w->g[i] = v / (1.0f + expf(-v)) * w->u[i];
     }
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_DOWN], w->g, T, w->xb))) return st;
+#pragma omp parallel for schedule(static) num_threads(nt)
     for (size_t i = 0; i < tn * D; i++) X[i] += w->xb[i];
     return SPQR_OK;
 }
