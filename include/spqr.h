@@ -296,6 +296,100 @@ typedef struct spqr_file_info {
 spqr_status spqr_inspect_file(const char *path, int verify, spqr_file_info **out);
 void spqr_file_info_free(spqr_file_info *info);
 
+/* ------------------------------------------------------------------------ */
+/* Zero-shot evaluation (LM Evaluation Harness loglikelihood scoring)        */
+
+/* A task: documents of loglikelihood requests, read from a .jsonl file with
+ * one JSON object per line (blank lines skipped):
+ *   {"requests": [[context, continuation], ...], "gold": G, "choice_chars": [c0, ...]}
+ * "requests" is a non-empty array of [string, string]; "gold" (the index of
+ * the correct request) and "choice_chars" (each choice's length in Unicode
+ * code points, >= 1, the divisor of acc_norm) are optional, but either every
+ * document has "gold" (a multiple-choice task) or none has (a greedy task
+ * like LAMBADA: exactly one request per document). */
+typedef struct spqr_task spqr_task;
+
+typedef enum spqr_task_kind {
+    SPQR_TASK_CHOICE = 0, /* acc = argmax of loglikelihoods is gold; acc_norm too when
+                             every document has choice_chars and one shared context */
+    SPQR_TASK_GREEDY = 1  /* acc = every continuation token is the greedy choice; ppl */
+} spqr_task_kind;
+
+/* Load and validate a task file. Errors name the file, the line and the
+ * problem (bad JSON, missing field, gold out of range, empty requests ...).
+ * The task's name is the file name without directory and ".jsonl".
+ * *out owned by caller. */
+spqr_status spqr_task_load(const char *path, spqr_task **out);
+void spqr_task_free(spqr_task *t);
+const char *spqr_task_name(const spqr_task *t); /* borrowed */
+spqr_task_kind spqr_task_get_kind(const spqr_task *t);
+int spqr_task_has_acc_norm(const spqr_task *t);
+int64_t spqr_task_num_docs(const spqr_task *t);
+int64_t spqr_task_num_requests(const spqr_task *t);
+
+typedef struct spqr_zeroshot_options {
+    int64_t limit;   /* evaluate the first `limit` documents (0 = all)            */
+    int add_bos;     /* 1 (default): both encodings start with BOS, as the LLaMA
+                        tokenizer adds it (lm-eval >= 0.4.9.2); 0: no BOS (older
+                        lm-eval)                                                   */
+    int use_gpu;     /* 1: move the model to the CUDA device first
+                        (spqr_model_set_device); SPQR_ERR_NO_DEVICE (before any
+                        work) when none is usable, so callers can fall back. A
+                        model already on the GPU is evaluated there anyway.      */
+    int naive;       /* 1: the slow reference path: every request is its own full
+                        forward pass (spqr_forward) with logits at every position */
+    int keep_requests; /* 1: fill res->requests                                   */
+    /* progress (optional): called after each batch with requests done/total   */
+    void (*progress)(void *user, int64_t done, int64_t total);
+    void *progress_user;
+} spqr_zeroshot_options;
+
+/* Defaults: everything 0 except add_bos = 1. */
+void spqr_zeroshot_options_init(spqr_zeroshot_options *o);
+
+typedef struct spqr_zeroshot_request {
+    double loglik;     /* sum of log-softmax of the continuation tokens          */
+    int greedy;        /* every continuation token was the argmax                */
+    int ctx_tokens;    /* ids of the context encoding (with BOS)                 */
+    int cont_tokens;   /* ids scored                                             */
+    int prefix_ok;     /* the context's ids were a prefix of the joint encoding  */
+} spqr_zeroshot_request;
+
+typedef struct spqr_zeroshot_result {
+    int64_t n;               /* documents evaluated                                 */
+    int64_t n_requests;
+    double acc, acc_stderr;  /* stderr = sqrt(acc (1 - acc) / (n - 1))              */
+    int has_acc_norm;
+    double acc_norm, acc_norm_stderr;
+    int has_ppl;             /* greedy tasks: ppl = exp(-mean loglikelihood)        */
+    double ppl;
+    int64_t tokens_run;      /* tokens that went through the model                  */
+    int64_t tokens_naive;    /* tokens a per-request evaluation would run           */
+    int64_t nonprefix;       /* requests whose context ids were not a prefix of the
+                                joint ids (the continuation is then joint[len(ctx):],
+                                as lm-eval takes it)                                 */
+    double seconds;
+    spqr_zeroshot_request *requests; /* keep_requests: [n_requests] in file order,
+                                        owned by caller (spqr_free), else NULL     */
+} spqr_zeroshot_result;
+
+/* Evaluate m on t with lm-eval's conventions: trailing whitespace of a
+ * context moves to its continuation; continuation ids = encode(context +
+ * continuation) without the first len(encode(context)) ids; the model reads
+ * context ids + continuation ids, cut from the left to its context length;
+ * loglikelihood = sum of log-softmax of the continuation tokens. acc and
+ * acc_norm break ties toward the lowest index. Needs the model's tokenizer.
+ * Requests of one document with the same context share its forward pass
+ * and many documents go through the model together; opts->naive computes
+ * each request separately instead. opts may be NULL (defaults). */
+spqr_status spqr_zeroshot_eval(spqr_model *m, const spqr_task *t, const spqr_zeroshot_options *opts,
+                               spqr_zeroshot_result *res);
+
+/* Which metric of a task enters the paper mean (the five tasks of the SpQR
+ * paper's zero-shot table): 1 = acc (winogrande, piqa, arc_easy),
+ * 2 = acc_norm (arc_challenge, hellaswag), 0 = not one of them. */
+int spqr_zeroshot_paper_metric(const char *task_name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,6 +11,10 @@
 # text; the table says when a cap was used. EVAL_ARGS adds options to every
 # `spqr eval` (e.g. EVAL_ARGS=--gpu on a machine with a CUDA device; the table
 # says so). Needs a release build in build/ (or SPQR_BIN).
+# Zero-shot columns (`spqr zeroshot`, lm-eval scoring, with BOS) are added for
+# the main set; ZEROSHOT=0 leaves them out, ZS_LIMIT=N scores only the first N
+# documents of each task (the table says so); `--gpu` in EVAL_ARGS applies to
+# them too. Parsing their JSON needs python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SPQR_SHARED:-../shared}
@@ -56,6 +60,24 @@ CONFIGS=(
 )
 fi
 
+ZEROSHOT=${ZEROSHOT:-$([ "$SET" = tau ] && echo 0 || echo 1)}
+ZS_LIMIT=${ZS_LIMIT:-0}
+
+zs_all() { # model -> " mean | arc_e | arc_c | piqa | hellaswag | winogrande | lambada |" (empty when off)
+  [ "$ZEROSHOT" = 1 ] || return 0
+  local extra="" gpu=""
+  [ "$ZS_LIMIT" -gt 0 ] && extra="--limit $ZS_LIMIT"
+  case " $EVAL_ARGS " in *" --gpu "*) gpu=--gpu ;; esac
+  # shellcheck disable=SC2086
+  $SPQR zeroshot "$1" $extra $gpu --json 2>/dev/null | tail -n1 | python3 -c '
+import json, sys
+j = json.load(sys.stdin); t = j["tasks"]
+p = lambda v: "%.2f" % (100 * v)
+print(" %s | %s | %s | %s | %s | %s | %s / %.1f |" % (p(j["mean_acc"]), p(t["arc_easy"]["acc"]),
+      p(t["arc_challenge"]["acc_norm"]), p(t["piqa"]["acc"]), p(t["hellaswag"]["acc_norm"]),
+      p(t["winogrande"]["acc"]), p(t["lambada_openai"]["acc"]), t["lambada_openai"]["ppl"]))'
+}
+
 jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
 
 FP_PPL=""  # perplexity of the fp model per text, for the relative change
@@ -94,12 +116,21 @@ eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
   echo "RTN and GPTQ store an fp16 scale and zero per group (32/g bits); SpQR stores 3-bit scale and zero codes"
   echo "per group of beta1 weights and fp16 second-level statistics per beta2 = 16 rows (bilevel), plus outliers."
   echo
-  echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  if [ "$ZEROSHOT" = 1 ]; then
+    echo "Zero-shot accuracy in % (\`spqr zeroshot\`, LM Evaluation Harness scoring with BOS, see docs/ZEROSHOT.md$( [ "$ZS_LIMIT" -gt 0 ] && echo ", first $ZS_LIMIT documents of each task only")):"
+    echo "*0-shot mean* = mean of WinoGrande, PIQA, ARC-e (acc) and ARC-c, HellaSwag (acc_norm), the paper's five tasks;"
+    echo "ARC-c and HellaSwag columns are acc_norm; LAMBADA is acc / perplexity."
+    echo
+    echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | 0-shot mean | ARC-e | ARC-c | PIQA | HellaSwag | WinoGrande | LAMBADA | quantize s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  else
+    echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+  fi
 } > "$WORK/table.md"
 fprow=$(eval_all "$MODEL")
 FP_PPL=$(echo "$fprow" | tr -d '|' | xargs)
-[ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$fprow - |" >> "$WORK/table.md"
+[ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$fprow$(zs_all "$MODEL") - |" >> "$WORK/table.md"
 cat "$WORK/table.md" >&2
 
 for c in "${CONFIGS[@]}"; do
@@ -109,7 +140,7 @@ for c in "${CONFIGS[@]}"; do
   js=$($SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" --nsamples 128 --seqlen $S -o "$f" --json --quiet | tail -n1)
   fb=$(echo "$js" | jget avg_bits_formula); rb=$(echo "$js" | jget avg_bits_real)
   ol=$(echo "$js" | jget outlier_share); secs=$(echo "$js" | jget seconds)
-  line="| $name | $(printf '%.3f' "$fb") | $(printf '%.3f' "$rb") | $(awk "BEGIN{printf \"%.3f%%\", 100*$ol}") |$(eval_all "$f") $(printf '%.0f' "$secs") |"
+  line="| $name | $(printf '%.3f' "$fb") | $(printf '%.3f' "$rb") | $(awk "BEGIN{printf \"%.3f%%\", 100*$ol}") |$(eval_all "$f")$(zs_all "$f") $(printf '%.0f' "$secs") |"
   echo "$line" | tee -a "$WORK/table.md" >&2
   rm -f "$f"
 done

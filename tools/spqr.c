@@ -12,6 +12,7 @@ static void usage(FILE *f) {
             "  generate MODEL [--prompt TEXT] [-n N] [--temp T] [--seed S] [--tokenizer FILE]\n"
             "  quantize MODEL --method rtn|gptq|spqr [options] -o OUT [--json]\n"
             "  inspect FILE [--verify] [--json]                    describe a .spqr file\n"
+            "  zeroshot MODEL [--tasks LIST] [--limit N] [--json]  zero-shot accuracy (lm-eval scoring)\n"
             "  version                                             version and build features\n"
             "MODEL: a Hugging Face folder, a llama2.c .bin (with --tokenizer) or a .spqr file.\n"
             "Run 'spqr <command> --help' for the options of a command.\n");
@@ -39,6 +40,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "zeroshot")) return cmd_zeroshot(argc - 1, argv + 1);
     fprintf(stderr, "spqr: unknown command '%s'\n", cmd);
     usage(stderr);
     return CLI_EXIT_USAGE;

@@ -1,7 +1,7 @@
 /* packed.h - the kernel-friendly packed form of one quantized linear layer.
  *
  * A spqr_packed holds exactly the information of a spqr_qlayer (codes,
- * statistics, outliers, permutation; see quant/qlayer.h for the meaning and
+ * statistics, outliers, permutation; see qlayer.h for the meaning and
  * for THE definition of dequantization) re-arranged into a few flat arrays
  * ("sections") that the CPU kernels stream through once per matrix product.
  * Every section is one contiguous little-endian buffer with a byte size fixed

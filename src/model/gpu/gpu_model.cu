@@ -758,3 +758,291 @@ extern "C" spqr_status spqr_gpu_session_step(spqr_gpu_session *s, int32_t token,
     *logits = s->logits;
     return SPQR_OK;
 }
+
+/* ------------------------------------------------------------------------ */
+/* zero-shot scoring over packed prefix trees (model/forward_tree.h)         */
+
+extern "C" {
+#include "model/forward_tree.h"
+}
+
+/* RoPE in place on v[N][stride], row r at position pos[r]. */
+__global__ void k_rope_at(float *v, int N, const int32_t *pos, int nh, int hd, int stride, const float *cosv,
+                          const float *sinv, int interleaved) {
+    int half = hd / 2;
+    size_t total = (size_t)N * nh * half;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % half);
+        size_t rh = idx / half;
+        int h = (int)(rh % nh);
+        int r = (int)(rh / nh);
+        int p = pos[r];
+        float cs = cosv[(size_t)p * half + i], sn = sinv[(size_t)p * half + i];
+        float *x = v + (size_t)r * stride + (size_t)h * hd;
+        if (interleaved) {
+            float a = x[2 * i], b = x[2 * i + 1];
+            x[2 * i] = a * cs - b * sn;
+            x[2 * i + 1] = a * sn + b * cs;
+        } else {
+            float a = x[i], b = x[i + half];
+            x[i] = a * cs - b * sn;
+            x[i + half] = b * cs + a * sn;
+        }
+    }
+}
+
+/* Tree-masked GQA attention, one block per (query row t, head h): keys
+ * seg0[t]..t whose branch is 0 or branch[t]. Q/O [N][nh*hd], K/V [N][kvd].
+ * Dynamic shared memory: hd + maxlen + nwarps*hd floats. */
+__global__ void k_tree_attention(const float *Q, const float *K, const float *V, float *O, const int32_t *seg0,
+                                 const int32_t *branch, int nh, int kv_mul, int hd, float scale) {
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    int t = blockIdx.x, h = blockIdx.y;
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    int qd = nh * hd, kvd = (nh / kv_mul) * hd;
+    int s0 = seg0[t], n = t - s0 + 1, bt = branch[t];
+    float *qs = sm, *p = sm + hd;
+    const float *q = Q + (size_t)t * qd + (size_t)h * hd;
+    const float *Kh = K + (size_t)s0 * kvd + (size_t)(h / kv_mul) * hd;
+    const float *Vh = V + (size_t)s0 * kvd + (size_t)(h / kv_mul) * hd;
+    const int32_t *br = branch + s0;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) qs[i] = q[i];
+    __syncthreads();
+    for (int s = wid; s < n; s += nwarp) {
+        bool ok = br[s] == 0 || br[s] == bt;
+        float d = 0.0f;
+        if (ok) {
+            const float *k = Kh + (size_t)s * kvd;
+            for (int i = lane; i < hd; i += 32) d += qs[i] * k[i];
+            d = warp_sum(d);
+        }
+        if (lane == 0) p[s] = ok ? d * scale : -INFINITY;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) mx = fmaxf(mx, p[s]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int s = threadIdx.x; s < n; s += blockDim.x) {
+        float e = p[s] == -INFINITY ? 0.0f : expf(p[s] - mx);
+        p[s] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    float *part = p + n;
+    for (int i0 = 0; i0 < hd; i0 += 32) {
+        int i = i0 + lane;
+        if (i < hd) {
+            float acc = 0.0f;
+            for (int s = wid; s < n; s += nwarp)
+                if (p[s] != 0.0f) acc += p[s] * Vh[(size_t)s * kvd + i];
+            part[wid * hd + i] = acc;
+        }
+    }
+    __syncthreads();
+    float inv = 1.0f / sum;
+    float *o = O + (size_t)t * qd + (size_t)h * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float acc = 0.0f;
+        for (int w = 0; w < nwarp; w++) acc += part[w * hd + i];
+        o[i] = acc * inv;
+    }
+}
+
+__global__ void k_gather_rows(const float *X, const int32_t *rows, float *H, int D) {
+    int r = blockIdx.x;
+    const float *x = X + (size_t)rows[r] * D;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) H[(size_t)r * D + i] = x[i];
+}
+
+/* per row: log-sum-exp (double) and argmax (lowest index among maxima) */
+__global__ void k_row_stats(const float *logits, int V, double *lse, int32_t *amax) {
+    __shared__ float bv[NTHREADS];
+    __shared__ int bi[NTHREADS];
+    __shared__ double redd[32];
+    const float *l = logits + (size_t)blockIdx.x * V;
+    float mv = -INFINITY;
+    int mi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (l[i] > mv) {
+            mv = l[i];
+            mi = i;
+        }
+    bv[threadIdx.x] = mv;
+    bi[threadIdx.x] = mi;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+            float ov = bv[threadIdx.x + s];
+            int oi = bi[threadIdx.x + s];
+            if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) {
+                bv[threadIdx.x] = ov;
+                bi[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    float mx = bv[0];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) s += (double)expf(l[i] - mx);
+    s = block_sum_d(s, redd);
+    if (threadIdx.x == 0) {
+        lse[blockIdx.x] = log(s) + (double)mx;
+        amax[blockIdx.x] = bi[0];
+    }
+}
+
+/* pairs k0..k0+n-1 whose rows lie in the chunk starting at row r0 */
+__global__ void k_pairs(const float *logits, int V, const double *lse, const int32_t *amax, const int32_t *prow,
+                        const int32_t *ptgt, int k0, int n, int r0, double *logp, uint8_t *greedy) {
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n) return;
+    k += k0;
+    int r = prow[k] - r0, tg = ptgt[k];
+    logp[k] = (double)logits[(size_t)r * V + tg] - lse[r];
+    greedy[k] = amax[r] == tg;
+}
+
+static spqr_status block_run_tree(spqr_gpu_model *g, int layer, work *w, int N, const int32_t *dpos,
+                                  const int32_t *dseg0, const int32_t *dbranch, int maxlen) {
+    const spqr_config *c = &g->cfg;
+    const gblock *b = &g->blocks[layer];
+    int D = c->dim, F = c->hidden_dim, hd = c->head_dim;
+    size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+    spqr_status st;
+    k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->attn_norm, D, c->norm_eps);
+    CKL("rmsnorm kernel");
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_Q], w->xb, N, w->q))) return st;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_K], w->xb, N, w->k))) return st;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_V], w->xb, N, w->v))) return st;
+    size_t nq = (size_t)N * c->n_heads * (hd / 2), nk = (size_t)N * c->n_kv_heads * (hd / 2);
+    k_rope_at<<<grid_for(nq), NTHREADS>>>(w->q, N, dpos, c->n_heads, hd, (int)qd, g->rope_cos, g->rope_sin,
+                                          c->rope_interleaved);
+    k_rope_at<<<grid_for(nk), NTHREADS>>>(w->k, N, dpos, c->n_kv_heads, hd, (int)kvd, g->rope_cos, g->rope_sin,
+                                          c->rope_interleaved);
+    CKL("rope kernel");
+    size_t smem = (size_t)(hd + maxlen + ATTN_THREADS / 32 * hd) * sizeof(float);
+    if (smem > 48 * 1024) {
+        int dev = 0, maxs = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&maxs, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        if (smem + 256 > (size_t)maxs)
+            return spqr_fail(SPQR_ERR_UNSUPPORTED, "GPU attention: segment of %d tokens is too long", maxlen);
+        CK(cudaFuncSetAttribute(k_tree_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+           "attention");
+    }
+    dim3 grid((unsigned)N, (unsigned)c->n_heads);
+    k_tree_attention<<<grid, ATTN_THREADS, smem>>>(w->q, w->k, w->v, w->a, dseg0, dbranch, c->n_heads,
+                                                   c->n_heads / c->n_kv_heads, hd, 1.0f / sqrtf((float)hd));
+    CKL("tree attention kernel");
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_O], w->a, N, w->xb))) return st;
+    size_t nd = (size_t)N * D, nf = (size_t)N * F;
+    k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
+    CKL("add kernel");
+    k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->ffn_norm, D, c->norm_eps);
+    CKL("rmsnorm kernel");
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_GATE], w->xb, N, w->g))) return st;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_UP], w->xb, N, w->u))) return st;
+    k_silu_mul<<<grid_for(nf), NTHREADS>>>(w->g, w->u, nf);
+    CKL("silu kernel");
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_DOWN], w->g, N, w->xb))) return st;
+    k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
+    CKL("add kernel");
+    return SPQR_OK;
+}
+
+extern "C" spqr_status spqr_gpu_tree_score(spqr_gpu_model *g, const struct spqr_tree_batch *b, double *logp,
+                                           uint8_t *greedy) {
+    if (!g || !b || (b->n_pairs > 0 && (!logp || !greedy)))
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_gpu_tree_score: bad arguments");
+    const spqr_config *c = &g->cfg;
+    spqr_status st = spqr_tree_batch_check(c, b);
+    if (st) return st;
+    for (int k = 1; k < b->n_pairs; k++)
+        if (b->pair_row[k] < b->pair_row[k - 1])
+            return spqr_fail(SPQR_ERR_INVALID_ARG, "tree batch: pairs are not ordered by row");
+    int N = b->n, maxlen = 0;
+    size_t D = (size_t)c->dim, V = (size_t)c->vocab_size;
+    int32_t *seg0 = (int32_t *)spqr_malloc_array((size_t)N, sizeof(int32_t));
+    if (!seg0) return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
+    for (int s = 0; s < b->n_seg; s++) {
+        int L = b->seg_off[s + 1] - b->seg_off[s];
+        if (L > maxlen) maxlen = L;
+        for (int i = b->seg_off[s]; i < b->seg_off[s + 1]; i++) seg0[i] = b->seg_off[s];
+    }
+    int rows_cap = b->n_rows < HEAD_CHUNK ? (b->n_rows > 0 ? b->n_rows : 1) : HEAD_CHUNK;
+    work w;
+    if ((st = work_alloc(c, (size_t)N, (size_t)rows_cap, 1, &w))) {
+        free(seg0);
+        return st;
+    }
+    int32_t *dpos = NULL, *dseg0 = NULL, *dbr = NULL, *drows = NULL, *dprow = NULL, *dptgt = NULL, *damax = NULL;
+    double *dlse = NULL, *dlogp = NULL;
+    uint8_t *dgreedy = NULL;
+    float *H = NULL;
+    size_t np = (size_t)(b->n_pairs > 0 ? b->n_pairs : 1), nrw = (size_t)(b->n_rows > 0 ? b->n_rows : 1);
+    if (!st) st = upload((void **)&dpos, b->pos, (size_t)N * 4, "positions");
+    if (!st) st = upload((void **)&dseg0, seg0, (size_t)N * 4, "segments");
+    if (!st) st = upload((void **)&dbr, b->branch, (size_t)N * 4, "branches");
+    if (!st) st = upload((void **)&drows, b->rows, nrw * 4, "rows");
+    if (!st) st = upload((void **)&dprow, b->pair_row, np * 4, "pairs");
+    if (!st) st = upload((void **)&dptgt, b->pair_tgt, np * 4, "pairs");
+    if (!st) st = dmalloc((void **)&damax, (size_t)rows_cap * 4, "argmax");
+    if (!st) st = dmalloc((void **)&dlse, (size_t)rows_cap * 8, "log-sum-exp");
+    if (!st) st = dmalloc((void **)&dlogp, np * 8, "log-probabilities");
+    if (!st) st = dmalloc((void **)&dgreedy, np, "greedy flags");
+    if (!st) st = dmalloc((void **)&H, (size_t)rows_cap * D * 4, "hidden rows");
+    if (!st && cudaMemcpy(w.tok, b->tokens, (size_t)N * 4, cudaMemcpyHostToDevice) != cudaSuccess)
+        st = cuda_err(cudaGetLastError(), "token upload");
+    if (!st) {
+        k_embed<<<N, NTHREADS>>>(g->emb, w.tok, w.x, c->dim);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) st = cuda_err(e, "embedding kernel");
+    }
+    for (int l = 0; l < c->n_layers && !st; l++) st = block_run_tree(g, l, &w, N, dpos, dseg0, dbr, maxlen);
+    int k0 = 0;
+    for (int r0 = 0; r0 < b->n_rows && !st; r0 += rows_cap) {
+        int nr = b->n_rows - r0 < rows_cap ? b->n_rows - r0 : rows_cap;
+        int k1 = k0;
+        while (k1 < b->n_pairs && b->pair_row[k1] < r0 + nr) k1++;
+        k_gather_rows<<<nr, NTHREADS>>>(w.x, drows + r0, H, c->dim);
+        k_rmsnorm<<<nr, NTHREADS>>>(H, H, g->final_norm, c->dim, c->norm_eps);
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) {
+            st = cuda_err(e, "head kernels");
+            break;
+        }
+        if ((st = lin_forward(g, &g->head, H, nr, w.logits))) break;
+        k_row_stats<<<nr, NTHREADS>>>(w.logits, (int)V, dlse, damax);
+        if (k1 > k0) k_pairs<<<(k1 - k0 + 127) / 128, 128>>>(w.logits, (int)V, dlse, damax, dprow, dptgt, k0, k1 - k0,
+                                                            r0, dlogp, dgreedy);
+        e = cudaGetLastError();
+        if (e != cudaSuccess) st = cuda_err(e, "scoring kernels");
+        k0 = k1;
+    }
+    if (!st && b->n_pairs > 0) {
+        cudaError_t e = cudaMemcpy(logp, dlogp, (size_t)b->n_pairs * 8, cudaMemcpyDeviceToHost);
+        if (e == cudaSuccess) e = cudaMemcpy(greedy, dgreedy, (size_t)b->n_pairs, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) st = cuda_err(e, "scores download");
+    }
+    if (!st) {
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) st = cuda_err(e, "tree forward");
+    }
+    cudaFree(dpos);
+    cudaFree(dseg0);
+    cudaFree(dbr);
+    cudaFree(drows);
+    cudaFree(dprow);
+    cudaFree(dptgt);
+    cudaFree(damax);
+    cudaFree(dlse);
+    cudaFree(dlogp);
+    cudaFree(dgreedy);
+    cudaFree(H);
+    work_free(&w);
+    free(seg0);
+    return st;
+}

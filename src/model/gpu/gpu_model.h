@@ -58,6 +58,12 @@ void spqr_gpu_session_free(spqr_gpu_session *s); /* accepts NULL */
 spqr_status spqr_gpu_session_step(spqr_gpu_session *s, int32_t token, const float **logits);
 int spqr_gpu_session_pos(const spqr_gpu_session *s);
 
+/* Zero-shot scoring of a packed prefix-tree batch (model/forward_tree.h):
+ * the same results as spqr_tree_score on the CPU up to float rounding;
+ * logits stay on the device. */
+struct spqr_tree_batch;
+spqr_status spqr_gpu_tree_score(spqr_gpu_model *g, const struct spqr_tree_batch *b, double *logp, uint8_t *greedy);
+
 #ifdef __cplusplus
 }
 #endif

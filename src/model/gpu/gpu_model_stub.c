@@ -39,3 +39,7 @@ int spqr_gpu_session_pos(const spqr_gpu_session *s) {
     (void)s;
     return 0;
 }
+spqr_status spqr_gpu_tree_score(spqr_gpu_model *g, const struct spqr_tree_batch *b, double *logp, uint8_t *greedy) {
+    (void)g; (void)b; (void)logp; (void)greedy;
+    return no_cuda();
+}

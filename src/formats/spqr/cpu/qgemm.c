@@ -114,7 +114,7 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
 
 /* ---- scalar reference -------------------------------------------------------- */
 
-/* First-level statistics of (row r, group g), exactly as quant/qlayer.h. */
+/* First-level statistics of (row r, group g), exactly as qlayer.h. */
 static void ref_stats(const spqr_packed *W, int64_t r, int64_t g, float *scale, float *zero) {
     const int lane = (int)(r % TILE);
     if (W->beta2 > 0) {

@@ -2,7 +2,7 @@
  *
  *
  * A 16-row tile is one zmm. Decoding column k of a 32-column block (B words
- * per row, see format/packed.h) is: word (k*B)/32 shifted right by
+ * per row, see packed.h) is: word (k*B)/32 shifted right by
  * (k*B)%32 (OR-ed with the next word shifted left when the code straddles),
  * then turned into floats by a permute from a table 0..15 of period 2^B
  * (B <= 4: the permute ignores the higher index bits), a two-table permute
@@ -145,7 +145,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
 /* ---- token kernel -------------------------------------------------------------- */
 
 /* Dequantize the decoded chunk in place: w = scale * (code - zero), the
- * quant/qlayer.h formula without the outliers (added separately). */
+ * qlayer.h formula without the outliers (added separately). */
 static void dequant_chunk(const kctx *c, int64_t c0, int64_t c1, int64_t g0) {
     const int64_t C = c->W->cols, beta1 = c->W->beta1;
     int64_t g = c0 / beta1;
