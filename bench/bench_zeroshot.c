@@ -51,7 +51,8 @@ int main(int argc, char **argv) {
     }
     char dir[4096];
     snprintf(dir, sizeof dir, "%s", data ? data : "");
-    if (!data) snprintf(dir, sizeof dir, "%s/data/zeroshot/requests", spqr_shared_dir());
+    const char *sh = getenv("SPQR_SHARED");
+    if (!data) snprintf(dir, sizeof dir, "%s/data/zeroshot/requests", sh && *sh ? sh : SPQR_SHARED_DEFAULT);
     spqr_model *m = NULL;
     if (spqr_model_load(model, NULL, &m)) {
         fprintf(stderr, "bench_zeroshot: %s\n", spqr_last_error());
