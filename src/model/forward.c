@@ -19,8 +19,7 @@ void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps) 
     for (int i = 0; i < n; i++) out[i] = w[i] * (ss * x[i]);
 }
 
-/* cos/sin tables [T][hd/2] for positions pos0..pos0+T-1. */
-static void rope_tables(const spqr_config *c, int pos0, int T, float *cosv, float *sinv) {
+void spqr_rope_tables(const spqr_config *c, int pos0, int T, float *cosv, float *sinv) {
     int half = c->head_dim / 2;
     for (int i = 0; i < half; i++) {
         /* both llama2.c and transformers: 1 / theta^(2i / hd) in float32 */
@@ -33,11 +32,12 @@ static void rope_tables(const spqr_config *c, int pos0, int T, float *cosv, floa
     }
 }
 
-static void rope_apply(const spqr_config *c, float *v, int T, int n_heads, int stride, const float *cosv,
-                       const float *sinv) {
+void spqr_rope_apply(const spqr_config *c, float *v, int T, int n_heads, int stride, const int32_t *row,
+                     const float *cosv, const float *sinv) {
     int hd = c->head_dim, half = hd / 2;
     for (int t = 0; t < T; t++) {
-        const float *cs = cosv + (size_t)t * half, *sn = sinv + (size_t)t * half;
+        const size_t tr = (size_t)(row ? row[t] : t) * half;
+        const float *cs = cosv + tr, *sn = sinv + tr;
         for (int h = 0; h < n_heads; h++) {
             float *x = v + (size_t)t * stride + (size_t)h * hd;
             if (c->rope_interleaved) {
@@ -164,11 +164,11 @@ static spqr_status block_run(const spqr_model *m, int layer, float *X, int nseq,
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_Q], xb, T, q))) goto done;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_K], xb, T, Kn))) goto done;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_V], xb, T, Vn))) goto done;
-    rope_tables(c, pos0, T1, cs, sn);
+    spqr_rope_tables(c, pos0, T1, cs, sn);
     for (int sq = 0; sq < nseq; sq++) {
         size_t o = (size_t)sq * T1;
-        rope_apply(c, q + o * qd, T1, c->n_heads, (int)qd, cs, sn);
-        rope_apply(c, Kn + o * kvd, T1, c->n_kv_heads, (int)kvd, cs, sn);
+        spqr_rope_apply(c, q + o * qd, T1, c->n_heads, (int)qd, NULL, cs, sn);
+        spqr_rope_apply(c, Kn + o * kvd, T1, c->n_kv_heads, (int)kvd, NULL, cs, sn);
         if ((st = attention(c, q + o * qd, Kc + o * kvd, Vc + o * kvd, pos0, T1, a + o * qd))) goto done;
     }
     if (hook && hook(user, SPQR_LIN_O, a, T, (int)qd)) goto done;

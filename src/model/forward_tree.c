@@ -43,32 +43,6 @@ spqr_status spqr_tree_batch_check(const spqr_config *c, const spqr_tree_batch *b
     return SPQR_OK;
 }
 
-/* RoPE in place on v[n][stride] (n_heads heads of hd), token t at pos[t];
- * cosv/sinv [max_pos][hd/2] as forward.c computes them. */
-static void rope_at(const spqr_config *c, float *v, int n, int n_heads, int stride, const int32_t *pos,
-                    const float *cosv, const float *sinv) {
-    int hd = c->head_dim, half = hd / 2;
-    for (int t = 0; t < n; t++) {
-        const float *cs = cosv + (size_t)pos[t] * half, *sn = sinv + (size_t)pos[t] * half;
-        for (int h = 0; h < n_heads; h++) {
-            float *x = v + (size_t)t * stride + (size_t)h * hd;
-            if (c->rope_interleaved) {
-                for (int i = 0; i < half; i++) {
-                    float a = x[2 * i], bb = x[2 * i + 1];
-                    x[2 * i] = a * cs[i] - bb * sn[i];
-                    x[2 * i + 1] = a * sn[i] + bb * cs[i];
-                }
-            } else {
-                for (int i = 0; i < half; i++) {
-                    float a = x[i], bb = x[i + half];
-                    x[i] = a * cs[i] - bb * sn[i];
-                    x[i + half] = bb * cs[i] + a * sn[i];
-                }
-            }
-        }
-    }
-}
-
 /* Masked GQA attention per (segment, head): scores by sgemm, the tree mask,
  * softmax (max, exp, sum, divide as forward.c), output by sgemm. */
 static spqr_status tree_attention(const spqr_config *c, const spqr_tree_batch *b, int maxlen, const float *Q,
@@ -134,8 +108,8 @@ static spqr_status tree_block(const spqr_model *m, int layer, float *X, const sp
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_Q], w->xb, T, w->q))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_K], w->xb, T, w->k))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_V], w->xb, T, w->v))) return st;
-    rope_at(c, w->q, T, c->n_heads, (int)qd, tb->pos, cs, sn);
-    rope_at(c, w->k, T, c->n_kv_heads, (int)kvd, tb->pos, cs, sn);
+    spqr_rope_apply(c, w->q, T, c->n_heads, (int)qd, tb->pos, cs, sn);
+    spqr_rope_apply(c, w->k, T, c->n_kv_heads, (int)kvd, tb->pos, cs, sn);
     if ((st = tree_attention(c, tb, maxlen, w->q, w->k, w->v, w->a))) return st;
     if ((st = spqr_linear_forward(&b->lin[SPQR_LIN_O], w->a, T, w->xb))) return st;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -216,14 +190,7 @@ spqr_status spqr_tree_score(const spqr_model *m, const spqr_tree_batch *b, doubl
         st = spqr_fail(SPQR_ERR_NOMEM, "out of memory in the tree forward pass (%d tokens)", b->n);
         goto done;
     }
-    for (size_t i = 0; i < half; i++) {
-        float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-        for (int t = 0; t < maxpos; t++) {
-            float v = (float)t * freq;
-            cs[(size_t)t * half + i] = cosf(v);
-            sn[(size_t)t * half + i] = sinf(v);
-        }
-    }
+    spqr_rope_tables(c, 0, maxpos, cs, sn);
     spqr_embed(m, b->tokens, b->n, X);
     for (int l = 0; l < c->n_layers && !st; l++) st = tree_block(m, l, X, b, maxlen, cs, sn, &w);
     int cursor = 0;

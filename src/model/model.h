@@ -131,6 +131,16 @@ static inline void spqr_ppl_fill(spqr_ppl_result *res, double nll_sum, int64_t w
     res->seconds = seconds;
 }
 
+/* RoPE, the one definition for the CPU forward passes and the GPU tables:
+ * cos/sin tables [T][head_dim/2] for positions pos0..pos0+T-1 (frequencies
+ * 1/theta^(2i/hd) in float32, as llama2.c and transformers compute them);
+ * and the rotation of v[T][stride] (n_heads heads of head_dim) in place,
+ * token t using table row row[t] (row == NULL: row t), interleaved pairs
+ * (2i, 2i+1) or rotate-half as the config says. */
+void spqr_rope_tables(const spqr_config *c, int pos0, int T, float *cosv, float *sinv);
+void spqr_rope_apply(const spqr_config *c, float *v, int T, int n_heads, int stride, const int32_t *row,
+                     const float *cosv, const float *sinv);
+
 void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 
 #endif

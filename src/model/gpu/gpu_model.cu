@@ -237,14 +237,7 @@ extern "C" spqr_status spqr_gpu_model_new(const spqr_model *m, spqr_gpu_model **
         size_t n = (size_t)c->max_seq_len * (size_t)half;
         float *cs = (float *)spqr_malloc_array(n, sizeof(float)), *sn = (float *)spqr_malloc_array(n, sizeof(float));
         if (!cs || !sn) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory");
-        for (int i = 0; i < half && !st; i++) {
-            float freq = 1.0f / powf(c->rope_theta, (float)(2 * i) / (float)c->head_dim);
-            for (int t = 0; t < c->max_seq_len; t++) {
-                float v = (float)t * freq;
-                cs[(size_t)t * half + i] = cosf(v);
-                sn[(size_t)t * half + i] = sinf(v);
-            }
-        }
+        if (!st) spqr_rope_tables(c, 0, c->max_seq_len, cs, sn);
         if (!st) st = upload_f32(&g->rope_cos, cs, SPQR_DT_F32, n, "RoPE table", &g->bytes);
         if (!st) st = upload_f32(&g->rope_sin, sn, SPQR_DT_F32, n, "RoPE table", &g->bytes);
         free(cs);
