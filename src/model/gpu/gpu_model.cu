@@ -307,10 +307,10 @@ __global__ void k_rmsnorm(float *out, const float *x, const float *w, int D, flo
     for (int i = threadIdx.x; i < D; i += blockDim.x) o[i] = w[i] * (ss * xr[i]);
 }
 
-/* RoPE in place on v[N][stride] (nh heads of hd) for rows at positions
- * pos0 + (row % T1). */
-__global__ void k_rope(float *v, int N, int T1, int pos0, int nh, int hd, int stride, const float *cosv,
-                       const float *sinv, int interleaved) {
+/* RoPE in place on v[N][stride] (nh heads of hd); row r is at position
+ * pos[r], or pos0 + (r % T1) when pos is NULL. */
+__global__ void k_rope(float *v, int N, int T1, int pos0, const int32_t *pos, int nh, int hd, int stride,
+                       const float *cosv, const float *sinv, int interleaved) {
     int half = hd / 2;
     size_t total = (size_t)N * nh * half;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
@@ -319,8 +319,8 @@ __global__ void k_rope(float *v, int N, int T1, int pos0, int nh, int hd, int st
         size_t rh = idx / half;
         int h = (int)(rh % nh);
         int r = (int)(rh / nh);
-        int pos = pos0 + r % T1;
-        float cs = cosv[(size_t)pos * half + i], sn = sinv[(size_t)pos * half + i];
+        const int p = pos ? pos[r] : pos0 + r % T1;
+        float cs = cosv[(size_t)p * half + i], sn = sinv[(size_t)p * half + i];
         float *x = v + (size_t)r * stride + (size_t)h * hd;
         if (interleaved) {
             float a = x[2 * i], b = x[2 * i + 1];
@@ -538,25 +538,13 @@ static spqr_status attention(const spqr_gpu_model *g, const float *Q, const floa
 /* One block on w->x [nseq*T1][dim] at positions pos0..pos0+T1-1; Kc/Vc hold
  * per sequence pos0+T1 rows of kvd floats, the first pos0 filled (pos0 > 0
  * only with nseq == 1). */
-static spqr_status block_run(spqr_gpu_model *g, int layer, work *w, int nseq, int T1, int pos0, float *Kc, float *Vc) {
+/* The rest of a block after attention (w->a holds its output): o_proj and
+ * the residual, then the SwiGLU MLP and its residual; shared by the
+ * sequence and the prefix-tree forward passes. */
+static spqr_status block_tail(spqr_gpu_model *g, const gblock *b, work *w, int N) {
     const spqr_config *c = &g->cfg;
-    const gblock *b = &g->blocks[layer];
-    int N = nseq * T1, D = c->dim, F = c->hidden_dim;
-    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    const int D = c->dim, F = c->hidden_dim;
     spqr_status st;
-    k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->attn_norm, D, c->norm_eps);
-    CKL("rmsnorm kernel");
-    float *Kn = Kc + (size_t)pos0 * kvd, *Vn = Vc + (size_t)pos0 * kvd;
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_Q], w->xb, N, w->q))) return st;
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_K], w->xb, N, Kn))) return st;
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_V], w->xb, N, Vn))) return st;
-    size_t nq = (size_t)N * c->n_heads * (c->head_dim / 2), nk = (size_t)N * c->n_kv_heads * (c->head_dim / 2);
-    k_rope<<<grid_for(nq), NTHREADS>>>(w->q, N, T1, pos0, c->n_heads, c->head_dim, (int)qd, g->rope_cos,
-                                       g->rope_sin, c->rope_interleaved);
-    k_rope<<<grid_for(nk), NTHREADS>>>(Kn, N, T1, pos0, c->n_kv_heads, c->head_dim, (int)kvd, g->rope_cos,
-                                       g->rope_sin, c->rope_interleaved);
-    CKL("rope kernel");
-    if ((st = attention(g, w->q, Kc, Vc, w->a, nseq, T1, pos0))) return st;
     if ((st = lin_forward(g, &b->lin[SPQR_LIN_O], w->a, N, w->xb))) return st;
     size_t nd = (size_t)N * D, nf = (size_t)N * F;
     k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
@@ -571,6 +559,28 @@ static spqr_status block_run(spqr_gpu_model *g, int layer, work *w, int nseq, in
     k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
     CKL("add kernel");
     return SPQR_OK;
+}
+
+static spqr_status block_run(spqr_gpu_model *g, int layer, work *w, int nseq, int T1, int pos0, float *Kc, float *Vc) {
+    const spqr_config *c = &g->cfg;
+    const gblock *b = &g->blocks[layer];
+    int N = nseq * T1, D = c->dim;
+    size_t qd = (size_t)c->n_heads * c->head_dim, kvd = (size_t)c->n_kv_heads * c->head_dim;
+    spqr_status st;
+    k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->attn_norm, D, c->norm_eps);
+    CKL("rmsnorm kernel");
+    float *Kn = Kc + (size_t)pos0 * kvd, *Vn = Vc + (size_t)pos0 * kvd;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_Q], w->xb, N, w->q))) return st;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_K], w->xb, N, Kn))) return st;
+    if ((st = lin_forward(g, &b->lin[SPQR_LIN_V], w->xb, N, Vn))) return st;
+    size_t nq = (size_t)N * c->n_heads * (c->head_dim / 2), nk = (size_t)N * c->n_kv_heads * (c->head_dim / 2);
+    k_rope<<<grid_for(nq), NTHREADS>>>(w->q, N, T1, pos0, NULL, c->n_heads, c->head_dim, (int)qd, g->rope_cos,
+                                       g->rope_sin, c->rope_interleaved);
+    k_rope<<<grid_for(nk), NTHREADS>>>(Kn, N, T1, pos0, NULL, c->n_kv_heads, c->head_dim, (int)kvd, g->rope_cos,
+                                       g->rope_sin, c->rope_interleaved);
+    CKL("rope kernel");
+    if ((st = attention(g, w->q, Kc, Vc, w->a, nseq, T1, pos0))) return st;
+    return block_tail(g, b, w, N);
 }
 
 static spqr_status check_tokens(const spqr_config *c, const int32_t *tokens, size_t n) {
@@ -759,32 +769,6 @@ extern "C" {
 #include "model/forward_tree.h"
 }
 
-/* RoPE in place on v[N][stride], row r at position pos[r]. */
-__global__ void k_rope_at(float *v, int N, const int32_t *pos, int nh, int hd, int stride, const float *cosv,
-                          const float *sinv, int interleaved) {
-    int half = hd / 2;
-    size_t total = (size_t)N * nh * half;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
-         idx += (size_t)gridDim.x * blockDim.x) {
-        int i = (int)(idx % half);
-        size_t rh = idx / half;
-        int h = (int)(rh % nh);
-        int r = (int)(rh / nh);
-        int p = pos[r];
-        float cs = cosv[(size_t)p * half + i], sn = sinv[(size_t)p * half + i];
-        float *x = v + (size_t)r * stride + (size_t)h * hd;
-        if (interleaved) {
-            float a = x[2 * i], b = x[2 * i + 1];
-            x[2 * i] = a * cs - b * sn;
-            x[2 * i + 1] = a * sn + b * cs;
-        } else {
-            float a = x[i], b = x[i + half];
-            x[i] = a * cs - b * sn;
-            x[i + half] = b * cs + a * sn;
-        }
-    }
-}
-
 /* Tree-masked GQA attention, one block per (query row t, head h): keys
  * seg0[t]..t whose branch is 0 or branch[t]. Q/O [N][nh*hd], K/V [N][kvd].
  * Dynamic shared memory: hd + maxlen + nwarps*hd floats. */
@@ -902,7 +886,7 @@ static spqr_status block_run_tree(spqr_gpu_model *g, int layer, work *w, int N, 
                                   const int32_t *dseg0, const int32_t *dbranch, int maxlen) {
     const spqr_config *c = &g->cfg;
     const gblock *b = &g->blocks[layer];
-    int D = c->dim, F = c->hidden_dim, hd = c->head_dim;
+    int D = c->dim, hd = c->head_dim;
     size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
     spqr_status st;
     k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->attn_norm, D, c->norm_eps);
@@ -911,9 +895,9 @@ static spqr_status block_run_tree(spqr_gpu_model *g, int layer, work *w, int N, 
     if ((st = lin_forward(g, &b->lin[SPQR_LIN_K], w->xb, N, w->k))) return st;
     if ((st = lin_forward(g, &b->lin[SPQR_LIN_V], w->xb, N, w->v))) return st;
     size_t nq = (size_t)N * c->n_heads * (hd / 2), nk = (size_t)N * c->n_kv_heads * (hd / 2);
-    k_rope_at<<<grid_for(nq), NTHREADS>>>(w->q, N, dpos, c->n_heads, hd, (int)qd, g->rope_cos, g->rope_sin,
+    k_rope<<<grid_for(nq), NTHREADS>>>(w->q, N, 1, 0, dpos, c->n_heads, hd, (int)qd, g->rope_cos, g->rope_sin,
                                           c->rope_interleaved);
-    k_rope_at<<<grid_for(nk), NTHREADS>>>(w->k, N, dpos, c->n_kv_heads, hd, (int)kvd, g->rope_cos, g->rope_sin,
+    k_rope<<<grid_for(nk), NTHREADS>>>(w->k, N, 1, 0, dpos, c->n_kv_heads, hd, (int)kvd, g->rope_cos, g->rope_sin,
                                           c->rope_interleaved);
     CKL("rope kernel");
     size_t smem = (size_t)(hd + maxlen + ATTN_THREADS / 32 * hd) * sizeof(float);
@@ -930,20 +914,7 @@ static spqr_status block_run_tree(spqr_gpu_model *g, int layer, work *w, int N, 
     k_tree_attention<<<grid, ATTN_THREADS, smem>>>(w->q, w->k, w->v, w->a, dseg0, dbranch, c->n_heads,
                                                    c->n_heads / c->n_kv_heads, hd, 1.0f / sqrtf((float)hd));
     CKL("tree attention kernel");
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_O], w->a, N, w->xb))) return st;
-    size_t nd = (size_t)N * D, nf = (size_t)N * F;
-    k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
-    CKL("add kernel");
-    k_rmsnorm<<<N, NTHREADS>>>(w->xb, w->x, b->ffn_norm, D, c->norm_eps);
-    CKL("rmsnorm kernel");
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_GATE], w->xb, N, w->g))) return st;
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_UP], w->xb, N, w->u))) return st;
-    k_silu_mul<<<grid_for(nf), NTHREADS>>>(w->g, w->u, nf);
-    CKL("silu kernel");
-    if ((st = lin_forward(g, &b->lin[SPQR_LIN_DOWN], w->g, N, w->xb))) return st;
-    k_add<<<grid_for(nd), NTHREADS>>>(w->x, w->xb, nd);
-    CKL("add kernel");
-    return SPQR_OK;
+    return block_tail(g, b, w, N);
 }
 
 extern "C" spqr_status spqr_gpu_tree_score(spqr_gpu_model *g, const struct spqr_tree_batch *b, double *logp,
