@@ -14,7 +14,7 @@
 # Zero-shot columns (`spqr zeroshot`, lm-eval scoring, with BOS) are added for
 # the main set; ZEROSHOT=0 leaves them out, ZS_LIMIT=N scores only the first N
 # documents of each task (the table says so); `--gpu` in EVAL_ARGS applies to
-# them too. Parsing their JSON needs python3.
+# them too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SPQR_SHARED:-../shared}
@@ -69,13 +69,14 @@ zs_all() { # model -> " mean | arc_e | arc_c | piqa | hellaswag | winogrande | l
   [ "$ZS_LIMIT" -gt 0 ] && extra="--limit $ZS_LIMIT"
   case " $EVAL_ARGS " in *" --gpu "*) gpu=--gpu ;; esac
   # shellcheck disable=SC2086
-  $SPQR zeroshot "$1" $extra $gpu --json 2>/dev/null | tail -n1 | python3 -c '
-import json, sys
-j = json.load(sys.stdin); t = j["tasks"]
-p = lambda v: "%.2f" % (100 * v)
-print(" %s | %s | %s | %s | %s | %s | %s / %.1f |" % (p(j["mean_acc"]), p(t["arc_easy"]["acc"]),
-      p(t["arc_challenge"]["acc_norm"]), p(t["piqa"]["acc"]), p(t["hellaswag"]["acc_norm"]),
-      p(t["winogrande"]["acc"]), p(t["lambada_openai"]["acc"]), t["lambada_openai"]["ppl"]))'
+  local js
+  js=$($SPQR zeroshot "$1" $extra $gpu --json 2>/dev/null | tail -n1)
+  zt() { echo "$js" | sed -n "s/.*\"$1\":{\([^}]*\)}.*/\1/p" | jget "$2"; } # task key -> value
+  pc() { awk -v v="$1" 'BEGIN { printf "%.2f", 100 * v }'; }
+  printf ' %s | %s | %s | %s | %s | %s | %s / %.1f |\n' "$(pc "$(echo "$js" | jget mean_acc)")" \
+    "$(pc "$(zt arc_easy acc)")" "$(pc "$(zt arc_challenge acc_norm)")" "$(pc "$(zt piqa acc)")" \
+    "$(pc "$(zt hellaswag acc_norm)")" "$(pc "$(zt winogrande acc)")" "$(pc "$(zt lambada_openai acc)")" \
+    "$(zt lambada_openai ppl)"
 }
 
 jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
