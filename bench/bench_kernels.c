@@ -145,20 +145,6 @@ static void ql_random(spqr_qlayer *q, int rows, int cols, int wbits, double ol) 
     for (int64_t i = 0; i < q->n_outliers; i++) q->ol_val[i] = spqr_f32_to_f16(0.05f * (urand() - 0.5f));
 }
 
-static void ql_free(spqr_qlayer *q) {
-    free(q->perm);
-    free(q->codes);
-    free(q->scale_code);
-    free(q->zero_code);
-    free(q->s2_scale);
-    free(q->s2_zero);
-    free(q->z2_scale);
-    free(q->z2_zero);
-    free(q->row_ptr);
-    free(q->ol_col);
-    free(q->ol_val);
-}
-
 /* n independent copies of p (own buffers, viewed through from_sections). */
 typedef struct pcopies {
     spqr_packed *p;
@@ -310,7 +296,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_kernels: %s\n", spqr_last_error());
                 return 1;
             }
-            ql_free(&q);
+            spqr_qlayer_free(&q);
             const size_t pb = spqr_packed_bytes(&p);
             pcopies c;
             make_copies(&p, ncopies_for(pb), &c);

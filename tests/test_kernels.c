@@ -42,23 +42,6 @@ static void *xmalloc(size_t n) {
     return p;
 }
 
-static void ql_free(spqr_qlayer *q) {
-    free(q->perm);
-    free(q->codes);
-    free(q->scale_code);
-    free(q->zero_code);
-    free(q->s2_scale);
-    free(q->s2_zero);
-    free(q->z2_scale);
-    free(q->z2_zero);
-    free(q->scale_f16);
-    free(q->zero_f16);
-    free(q->row_ptr);
-    free(q->ol_col);
-    free(q->ol_val);
-    memset(q, 0, sizeof *q);
-}
-
 static void ql_random(spqr_qlayer *q, const cfg *c) {
     memset(q, 0, sizeof *q);
     const int R = c->rows, C = c->cols, B = c->wbits;
@@ -287,9 +270,9 @@ static void test_pack_roundtrip(void **state) {
         assert_same_layer(&q, &v);
         spqr_packed_free(&p2);
         spqr_packed_free(&p);
-        ql_free(&q);
-        ql_free(&u);
-        ql_free(&v);
+        spqr_qlayer_free(&q);
+        spqr_qlayer_free(&u);
+        spqr_qlayer_free(&v);
     }
 }
 
@@ -323,8 +306,8 @@ static void test_layout1_counts(void **state) {
     assert_int_equal(spqr_packed_from_sections(&g, s, n, &(spqr_packed){0}), SPQR_ERR_FORMAT);
     spqr_packed_free(&p1);
     spqr_packed_free(&p);
-    ql_free(&u);
-    ql_free(&q);
+    spqr_qlayer_free(&u);
+    spqr_qlayer_free(&q);
     free(wide);
 }
 
@@ -347,7 +330,7 @@ static void test_size_budget(void **state) {
                formula, got / formula);
         assert_true(got <= 1.02 * formula);
         spqr_packed_free(&p);
-        ql_free(&q);
+        spqr_qlayer_free(&q);
     }
 }
 
@@ -371,7 +354,7 @@ static void test_pack_rejects(void **state) {
     assert_int_equal(spqr_pack(&q, &p), SPQR_OK);
     spqr_packed_free(&p);
     spqr_packed_free(NULL);
-    ql_free(&q);
+    spqr_qlayer_free(&q);
 }
 
 /* ---- from_sections validation ------------------------------------------------------- */
@@ -526,12 +509,12 @@ static void test_from_sections_rejects(void **state) {
         spqr_qlayer u;
         assert_int_equal(spqr_unpack(&ok, &u), SPQR_OK);
         assert_same_layer(&q, &u);
-        ql_free(&u);
+        spqr_qlayer_free(&u);
         spqr_packed_free(&ok);
     }
     secs_free(&d);
     spqr_packed_free(&p);
-    ql_free(&q);
+    spqr_qlayer_free(&q);
 }
 
 /* uint32 indices: cols > 65535 */
@@ -563,8 +546,8 @@ static void test_wide(void **state) {
     free(y);
     free(yr);
     spqr_packed_free(&p);
-    ql_free(&q);
-    ql_free(&u);
+    spqr_qlayer_free(&q);
+    spqr_qlayer_free(&u);
 }
 
 /* ---- kernels ----------------------------------------------------------------------- */
@@ -592,7 +575,7 @@ static void test_ref_vs_dense(void **state) {
         free(X);
         free(y);
         spqr_packed_free(&p);
-        ql_free(&q);
+        spqr_qlayer_free(&q);
     }
 }
 
@@ -631,7 +614,7 @@ static void test_variants(void **state) {
         }
         free(w);
         spqr_packed_free(&p);
-        ql_free(&q);
+        spqr_qlayer_free(&q);
     }
     /* more tokens than one pass (SPQR_QG_TB = 64) */
     {
@@ -656,7 +639,7 @@ static void test_variants(void **state) {
         free(yr);
         free(y);
         spqr_packed_free(&p);
-        ql_free(&q);
+        spqr_qlayer_free(&q);
     }
     spqr_kernel_force(NULL);
     spqr_kernel_scratch_release();
@@ -683,7 +666,7 @@ static void test_kernel_api(void **state) {
     assert_int_equal(spqr_qgemm(NULL, x, 1, y), SPQR_ERR_INVALID_ARG);
     assert_int_equal(spqr_dense_gemv(SPQR_DT_U8, x, 1, 1, x, y), SPQR_ERR_INVALID_ARG);
     spqr_packed_free(&p);
-    ql_free(&q);
+    spqr_qlayer_free(&q);
 }
 
 static void test_dense_gemv(void **state) {
@@ -806,7 +789,7 @@ static void test_format_file_roundtrip(void **state) {
         free(a);
         free(b);
         fmt->free(pk);
-        ql_free(&q);
+        spqr_qlayer_free(&q);
     }
     /* the dense format, f16 and bf16 with odd sizes */
     const spqr_dtype dts[] = {SPQR_DT_F16, SPQR_DT_BF16, SPQR_DT_F32};
