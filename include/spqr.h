@@ -78,6 +78,9 @@ void spqr_set_log(spqr_log_fn cb, void *user, spqr_log_level max_level);
 
 /* Build features, e.g. "blas=openblas simd=avx2,avx512 cuda=no". Static. */
 const char *spqr_build_features(void);
+/* The BLAS kernel set this process runs (OpenBLAS core name, e.g. "Haswell";
+ * OPENBLAS_CORETYPE in the environment chooses it). */
+const char *spqr_blas_core(void);
 
 /* Number of worker threads used by multi-threaded kernels (0 = all cores). */
 void spqr_set_num_threads(int n);

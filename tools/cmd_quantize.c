@@ -67,7 +67,7 @@ int cmd_quantize(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--method") && i + 1 < argc) method = argv[i + 1];
     }
-    if (!method) return cli_usage("quantize", "no --method given (rtn, gptq or spqr; see --help)");
+    if (!method) return cli_usage("quantize", "no --method given (rtn, gptq, spqr or cluscomp; see --help)");
     spqr_quant_config *qc = NULL;
     spqr_status st = spqr_quant_config_new(method, &qc);
     if (st) return cli_usage("quantize", "%s", spqr_last_error());

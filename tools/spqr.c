@@ -10,7 +10,7 @@ static void usage(FILE *f) {
             "commands:\n"
             "  eval MODEL --data FILE [--seqlen S] [--json]        perplexity\n"
             "  generate MODEL [--prompt TEXT] [-n N] [--temp T] [--seed S] [--tokenizer FILE]\n"
-            "  quantize MODEL --method rtn|gptq|spqr [options] -o OUT [--json]\n"
+            "  quantize MODEL --method rtn|gptq|spqr|cluscomp [options] -o OUT [--json]\n"
             "  inspect FILE [--verify] [--json]                    describe a .spqr file\n"
             "  zeroshot MODEL [--tasks LIST] [--limit N] [--json]  zero-shot accuracy (lm-eval scoring)\n"
             "  version                                             version and build features\n"
@@ -29,7 +29,7 @@ int main(int argc, char **argv) {
     }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("spqr %s\nfeatures: %s\n", SPQR_VERSION_STRING, spqr_build_features());
+        printf("spqr %s\nfeatures: %s blas_core=%s\n", SPQR_VERSION_STRING, spqr_build_features(), spqr_blas_core());
         return 0;
     }
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {

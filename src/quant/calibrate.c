@@ -185,7 +185,8 @@ static spqr_status quantize_linear(pipe_t *p, int l, int k, const double *H, flo
     memset(&rep, 0, sizeof rep);
     const spqr_qformat *fmt = NULL;
     void *payload = NULL;
-    if (!st) st = p->o->method->quantize_layer(p->o->params, W, (int)R, (int)C, H, &fmt, &payload, deq, &rep);
+    const spqr_qlayer_ctx ctx = {p->o->seed, l, k};
+    if (!st) st = p->o->method->quantize_layer(p->o->params, W, (int)R, (int)C, H, &ctx, &fmt, &payload, deq, &rep);
     free(W);
     if (st) {
         free(deq);
@@ -239,9 +240,10 @@ static spqr_status simulate(spqr_linear *l, float *w) {
 static spqr_status run_block(pipe_t *p, int l, float **deq, spqr_linear *ql) {
     spqr_block *b = &p->m->blocks[l];
     spqr_status st = SPQR_OK;
-    const bool tune = p->o->method->tune_block != NULL && p->X;
+    const unsigned needs = spqr_quantizer_needs(p->o->method, p->o->params);
+    const bool tune = (needs & SPQR_QNEED_BLOCK) && p->X;
     if (tune && p->Xfp) st = forward_stream(p, l, p->Xfp); /* fp target, original weights */
-    const bool hess = (p->o->method->needs & SPQR_QNEED_HESSIAN) != 0;
+    const bool hess = (needs & SPQR_QNEED_HESSIAN) != 0;
     for (int s = 0; s < 4 && !st; s++) {
         int k0 = k_stage_first[s], k1 = k_stage_last[s];
         if (p->o->progress) {
@@ -340,8 +342,9 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
         for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++)
             if (m->blocks[l].lin[k].fmt != &spqr_qformat_dense)
                 return spqr_fail(SPQR_ERR_INVALID_ARG, "%s: the model is already quantized", m->path);
-    const bool tune = o->method->tune_block != NULL;
-    const bool calibrate = (o->method->needs & SPQR_QNEED_HESSIAN) || tune; /* RTN needs no data */
+    const unsigned needs = spqr_quantizer_needs(o->method, o->params);
+    const bool tune = (needs & SPQR_QNEED_BLOCK) != 0;
+    const bool calibrate = (needs & SPQR_QNEED_HESSIAN) || tune; /* RTN needs no data */
     if (calibrate && !o->calib_path) return spqr_fail(SPQR_ERR_INVALID_ARG, "no calibration text given");
     const spqr_config *c = &m->cfg;
     spqr_status st = SPQR_OK;

@@ -52,7 +52,19 @@ typedef struct spqr_qopt {
     spqr_status (*set)(void *params, double value);
 } spqr_qopt;
 
-enum { SPQR_QNEED_HESSIAN = 1 };
+enum {
+    SPQR_QNEED_HESSIAN = 1, /* quantize_layer gets the layer's input Hessian        */
+    SPQR_QNEED_BLOCK = 2    /* tune_block is called (keeps the fp activation stream) */
+};
+
+/* Where quantize_layer is called from (the pipeline fills it; tests may pass
+ * NULL): the calibration seed and the layer's place in the model, so a
+ * randomised method can seed itself per layer reproducibly. */
+typedef struct spqr_qlayer_ctx {
+    uint64_t seed; /* --seed                                         */
+    int block;     /* transformer block                              */
+    int which;     /* linear within the block (SPQR_LIN_*)           */
+} spqr_qlayer_ctx;
 
 /* What a tune_block hook sees (see above). */
 typedef struct spqr_block_ctx {
@@ -73,19 +85,27 @@ typedef struct spqr_quantizer {
     /* Check the parameters against a rows x cols layer (called for every
      * linear before anything starts); SPQR_ERR_INVALID_ARG with a message. */
     spqr_status (*validate)(const void *params, int rows, int cols);
-    unsigned needs;       /* SPQR_QNEED_* bits                                     */
+    unsigned needs;       /* SPQR_QNEED_HESSIAN; SPQR_QNEED_BLOCK is implied by a
+                             tune_block hook                                      */
+    /* Optional: what these parameters need (SPQR_QNEED_* bits; overrides
+     * needs and the tune_block implication), e.g. a Hessian only when a
+     * method's tuning option asks for it. */
+    unsigned (*needs_of)(const void *params);
     /* Quantize W [rows][cols] (float32, original column order; H [cols][cols]
      * or NULL). On success *fmt / *payload hold the layer (the payload is
      * owned by the caller, release with (*fmt)->free), committed [rows][cols]
      * the weights the layer represents, rep its errors. */
     spqr_status (*quantize_layer)(const void *params, const float *W, int rows, int cols, const double *H,
-                                  const spqr_qformat **fmt, void **payload, float *committed,
-                                  spqr_qlayer_report *rep);
+                                  const spqr_qlayer_ctx *ctx, const spqr_qformat **fmt, void **payload,
+                                  float *committed, spqr_qlayer_report *rep);
     /* Optional block-level hook (see above). */
     spqr_status (*tune_block)(const void *params, const spqr_block_ctx *ctx);
     /* Add the method's parameters to a provenance JSON object. */
     spqr_status (*provenance)(const void *params, cJSON *obj);
 } spqr_quantizer;
+
+/* The SPQR_QNEED_* bits of a method with these parameters. */
+unsigned spqr_quantizer_needs(const spqr_quantizer *q, const void *params);
 
 /* ---- registry (quant/registry.c) ------------------------------------------ */
 const spqr_quantizer *spqr_quantizer_find(const char *name);

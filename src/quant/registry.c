@@ -47,6 +47,11 @@ spqr_status spqr_quantizer_register(const spqr_quantizer *q) {
     return SPQR_OK;
 }
 
+unsigned spqr_quantizer_needs(const spqr_quantizer *q, const void *params) {
+    if (q->needs_of) return q->needs_of(params);
+    return q->needs | (q->tune_block ? (unsigned)SPQR_QNEED_BLOCK : 0u);
+}
+
 const spqr_qopt *spqr_qopt_find(const spqr_quantizer *q, const char *name) {
     for (int i = 0; i < q->n_options; i++)
         if (!strcmp(q->options[i].name, name)) return &q->options[i];

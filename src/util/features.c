@@ -1,4 +1,6 @@
 /* features.c - what this build of libspqr contains. */
+#include <cblas.h>
+
 #include "common.h"
 
 const char *spqr_build_features(void) {
@@ -8,3 +10,5 @@ const char *spqr_build_features(void) {
     return "blas=openblas lapack=lapacke simd=scalar,avx2,avx512 openmp=yes cuda=no";
 #endif
 }
+
+const char *spqr_blas_core(void) { return openblas_get_corename(); }

@@ -69,8 +69,9 @@ static spqr_status validate(const void *p, int rows, int cols) {
 }
 
 static spqr_status quantize_layer(const void *params, const float *W, int rows, int cols, const double *H,
-                                  const spqr_qformat **fmt, void **payload, float *committed,
+                                  const spqr_qlayer_ctx *ctx, const spqr_qformat **fmt, void **payload, float *committed,
                                   spqr_qlayer_report *rep) {
+    (void)ctx; /* deterministic: no seed needed */
     spqr_qlayer q;
     memset(&q, 0, sizeof q);
     spqr_status st = spqr_quantize_layer(W, rows, cols, H, params, &q, rep);
@@ -107,16 +108,20 @@ static spqr_status provenance(const void *params, cJSON *o) {
 #define N_OPTS(a) ((int)(sizeof a / sizeof *a))
 
 const spqr_quantizer spqr_quantizer_rtn = {
-    "rtn", "round to nearest on a min-max grid per group (no calibration)", k_opts_other, N_OPTS(k_opts_other),
-    sizeof(spqr_qparams), def_rtn, validate, 0, quantize_layer, NULL, provenance,
+    .name = "rtn", .summary = "round to nearest on a min-max grid per group (no calibration)",
+    .options = k_opts_other, .n_options = N_OPTS(k_opts_other), .params_size = sizeof(spqr_qparams),
+    .defaults = def_rtn, .validate = validate, .needs = 0, .quantize_layer = quantize_layer,
+    .provenance = provenance,
 };
 const spqr_quantizer spqr_quantizer_gptq = {
-    "gptq", "GPTQ: error feedback through the inverse Hessian (Frantar et al. 2023)", k_opts_other,
-    N_OPTS(k_opts_other), sizeof(spqr_qparams), def_gptq, validate, SPQR_QNEED_HESSIAN, quantize_layer, NULL,
-    provenance,
+    .name = "gptq", .summary = "GPTQ: error feedback through the inverse Hessian (Frantar et al. 2023)",
+    .options = k_opts_other, .n_options = N_OPTS(k_opts_other), .params_size = sizeof(spqr_qparams),
+    .defaults = def_gptq, .validate = validate, .needs = SPQR_QNEED_HESSIAN, .quantize_layer = quantize_layer,
+    .provenance = provenance,
 };
 const spqr_quantizer spqr_quantizer_spqr = {
-    "spqr", "SpQR: small groups, bilevel 3-bit statistics, fp16 outliers (Dettmers et al. 2024)", k_opts_spqr,
-    N_OPTS(k_opts_spqr), sizeof(spqr_qparams), def_spqr, validate, SPQR_QNEED_HESSIAN, quantize_layer, NULL,
-    provenance,
+    .name = "spqr", .summary = "SpQR: small groups, bilevel 3-bit statistics, fp16 outliers (Dettmers et al. 2024)",
+    .options = k_opts_spqr, .n_options = N_OPTS(k_opts_spqr), .params_size = sizeof(spqr_qparams),
+    .defaults = def_spqr, .validate = validate, .needs = SPQR_QNEED_HESSIAN, .quantize_layer = quantize_layer,
+    .provenance = provenance,
 };
