@@ -63,44 +63,9 @@ fi
 ZEROSHOT=${ZEROSHOT:-$([ "$SET" = tau ] && echo 0 || echo 1)}
 ZS_LIMIT=${ZS_LIMIT:-0}
 
-zs_all() { # model -> " mean | arc_e | arc_c | piqa | hellaswag | winogrande | lambada |" (empty when off)
-  [ "$ZEROSHOT" = 1 ] || return 0
-  local extra="" gpu=""
-  [ "$ZS_LIMIT" -gt 0 ] && extra="--limit $ZS_LIMIT"
-  case " $EVAL_ARGS " in *" --gpu "*) gpu=--gpu ;; esac
-  # shellcheck disable=SC2086
-  local js
-  js=$($SPQR zeroshot "$1" $extra $gpu --json 2>/dev/null | tail -n1)
-  zt() { echo "$js" | sed -n "s/.*\"$1\":{\([^}]*\)}.*/\1/p" | jget "$2"; } # task key -> value
-  pc() { awk -v v="$1" 'BEGIN { printf "%.2f", 100 * v }'; }
-  printf ' %s | %s | %s | %s | %s | %s | %s / %.1f |\n' "$(pc "$(echo "$js" | jget mean_acc)")" \
-    "$(pc "$(zt arc_easy acc)")" "$(pc "$(zt arc_challenge acc_norm)")" "$(pc "$(zt piqa acc)")" \
-    "$(pc "$(zt hellaswag acc_norm)")" "$(pc "$(zt winogrande acc)")" "$(pc "$(zt lambada_openai acc)")" \
-    "$(zt lambada_openai ppl)"
-}
-
-jget() { sed -n "s/.*\"$1\":\([^,}]*\).*/\1/p" | tail -n1; }
-
+# shellcheck source=scripts/results_lib.sh
+. scripts/results_lib.sh
 FP_PPL=""  # perplexity of the fp model per text, for the relative change
-eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
-  local row="" i=0
-  for t in $TEXTS; do
-    local extra=""
-    [ "$WINDOWS" -gt 0 ] && extra="--max-windows $WINDOWS"
-    local ppl
-    # shellcheck disable=SC2086
-    ppl=$($SPQR eval "$1" --data "$SHARED/data/eval/$t" --seqlen $S $extra $EVAL_ARGS --json 2>/dev/null | tail -n1 | jget ppl)
-    i=$((i + 1))
-    local ref
-    ref=$(echo "$FP_PPL" | cut -d' ' -f$i)
-    if [ -n "$ref" ]; then
-      row="$row $(awk "BEGIN{printf \"%.3f (%+.2f%%)\", $ppl, 100*($ppl/$ref-1)}") |"
-    else
-      row="$row $(printf '%.3f' "$ppl") |"
-    fi
-  done
-  echo "$row"
-}
 
 {
   if [ "$SET" = tau ]; then echo "# Ablation: outlier threshold tau and bilevel statistics"; else echo "# Quantization results"; fi
@@ -109,25 +74,15 @@ eval_all() { # model -> "ppl1 (+d%) | ppl2 (+d%) | ..."
   echo
   echo "Model: \`$(basename "$MODEL")\`. Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0."
   echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only")."
-  case " $EVAL_ARGS " in
-    *" --gpu "*) echo "Quantized on the CPU ($(nproc) cores); evaluated with \`spqr eval --gpu\` on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "a CUDA device")." ;;
-  esac
+  where_line
   echo "Bits are per quantized parameter: *formula* = the paper's count, *file* = real bytes in the .spqr file"
   echo "(codes, statistics, outliers, permutation, padding). Parentheses: change of perplexity against fp."
   echo "RTN and GPTQ store an fp16 scale and zero per group (32/g bits); SpQR stores 3-bit scale and zero codes"
   echo "per group of beta1 weights and fp16 second-level statistics per beta2 = 16 rows (bilevel), plus outliers."
   echo
-  if [ "$ZEROSHOT" = 1 ]; then
-    echo "Zero-shot accuracy in % (\`spqr zeroshot\`, LM Evaluation Harness scoring with BOS, see docs/ZEROSHOT.md$( [ "$ZS_LIMIT" -gt 0 ] && echo ", first $ZS_LIMIT documents of each task only")):"
-    echo "*0-shot mean* = mean of WinoGrande, PIQA, ARC-e (acc) and ARC-c, HellaSwag (acc_norm), the paper's five tasks;"
-    echo "ARC-c and HellaSwag columns are acc_norm; LAMBADA is acc / perplexity."
-    echo
-    echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | 0-shot mean | ARC-e | ARC-c | PIQA | HellaSwag | WinoGrande | LAMBADA | quantize s |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-  else
-    echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 | quantize s |"
-    echo "|---|---|---|---|---|---|---|---|---|"
-  fi
+  zs_legend
+  echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 |$(zs_head) quantize s |"
+  echo "|---|---|---|---|---|---|---|---|$(zs_rule)---|"
 } > "$WORK/table.md"
 fprow=$(eval_all "$MODEL")
 FP_PPL=$(echo "$fprow" | tr -d '|' | xargs)

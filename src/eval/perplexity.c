@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "../kernels/cpu/cpu.h"
 #include "../model/gpu/gpu_model.h"
 #include "../model/model.h"
 #include "../tokenizer/tokenizer.h"
@@ -21,11 +22,7 @@ static double nll_rows(const float *logits, int n, int vocab, const int32_t *tar
 #pragma omp parallel for reduction(+ : total) num_threads(spqr_num_threads())
     for (int t = 0; t < n; t++) {
         const float *l = logits + (size_t)t * vocab;
-        float mx = l[0];
-        for (int i = 1; i < vocab; i++) mx = l[i] > mx ? l[i] : mx;
-        double s = 0.0;
-        for (int i = 0; i < vocab; i++) s += (double)expf(l[i] - mx);
-        total += log(s) + (double)mx - (double)l[target[t]];
+        total += spqr_logsumexp(l, vocab, NULL) - (double)l[target[t]];
     }
     return total;
 }

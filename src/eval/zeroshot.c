@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/cpu/cpu.h"
 #include "../model/gpu/gpu_model.h"
 #include "../model/forward_tree.h"
 #include "../model/model.h"
@@ -526,18 +527,11 @@ static spqr_status naive_request(spqr_model *m, const int32_t *in, int L, const 
     double s = 0.0;
     int all = 1;
     for (int k = 0; k < ncont && !st; k++) {
+        /* the naive path is the reference: the scalar log-sum-exp */
         const float *l = logits + (size_t)(L - ncont + k) * V;
-        float mx = l[0];
-        size_t am = 0;
-        for (size_t i = 1; i < V; i++)
-            if (l[i] > mx) {
-                mx = l[i];
-                am = i;
-            }
-        double z = 0.0;
-        for (size_t i = 0; i < V; i++) z += (double)expf(l[i] - mx);
-        s += (double)l[tgt[k]] - (log(z) + (double)mx);
-        if ((int32_t)am != tgt[k]) all = 0;
+        int am = 0;
+        s += (double)l[tgt[k]] - spqr_logsumexp_ref(l, (int64_t)V, &am);
+        if (am != tgt[k]) all = 0;
     }
     free(logits);
     *ll = s;

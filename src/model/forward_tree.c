@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "../kernels/cpu/cpu.h"
 #include "forward_tree.h"
 
 #define SCORE_CHUNK 512
@@ -135,18 +136,7 @@ static void score_rows(const spqr_tree_batch *b, int r0, int nr, const float *lo
                        double *logp, uint8_t *greedy, int *pair_cursor) {
 #pragma omp parallel for num_threads(spqr_num_threads())
     for (int r = 0; r < nr; r++) {
-        const float *l = logits + (size_t)r * V;
-        float mx = l[0];
-        int am = 0;
-        for (int i = 1; i < V; i++)
-            if (l[i] > mx) {
-                mx = l[i];
-                am = i;
-            }
-        double s = 0.0;
-        for (int i = 0; i < V; i++) s += (double)expf(l[i] - mx);
-        lse[r] = log(s) + (double)mx;
-        amax[r] = am;
+        lse[r] = spqr_logsumexp(logits + (size_t)r * V, V, &amax[r]);
     }
     int k = *pair_cursor;
     for (; k < b->n_pairs && b->pair_row[k] < r0 + nr; k++) {

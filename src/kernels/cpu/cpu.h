@@ -50,4 +50,13 @@ void spqr_gemv_rows_avx2(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, i
 void spqr_gemv_rows_avx512(spqr_dtype dt, const void *W, int64_t r0, int64_t r1, int64_t cols, const float *x,
                            float *y);
 
+/* log(sum_i exp(x[i])) of n >= 1 finite floats and (argmax may be NULL) the
+ * first index of their maximum: the normaliser of a log-softmax. The
+ * reference sums (double)expf(x[i] - max); the SIMD variants use a
+ * polynomial exponential and double sums and agree with it within 1e-6. */
+double spqr_logsumexp(const float *x, int64_t n, int *argmax);
+double spqr_logsumexp_ref(const float *x, int64_t n, int *argmax);
+double spqr_logsumexp_avx2(const float *x, int64_t n, int *argmax);
+double spqr_logsumexp_avx512(const float *x, int64_t n, int *argmax);
+
 #endif
