@@ -1,6 +1,7 @@
 /* ccgemm.h - CPU kernels of the ClusComp codebook format: Y = X W^T with W
- * defined by cluscomp.h, never materializing W (small batches), or through
- * dequantized row tiles and OpenBLAS sgemm (large batches).
+ * defined by cluscomp.h, never materializing W, at every batch size (the
+ * alternative through dequantized row tiles and OpenBLAS sgemm is slower on
+ * the machines measured, see ccgemm.c, and kept for comparison).
  *
  * X is [T][cols], Y is [T][rows] (row-major, no aliasing). Returns
  * SPQR_ERR_INVALID_ARG (NULL pointers, T < 0) or SPQR_ERR_NOMEM (scratch).
@@ -13,17 +14,15 @@
 
 #include "../cluscomp.h"
 
-/* Batches of at least this many tokens go through sgemm on dequantized tiles. */
-#define SPQR_CC_SGEMM_MIN_T 48
-
 spqr_status spqr_cc_gemm(const spqr_cc_layer *L, const float *X, int T, float *Y);
 
 /* The scalar reference (same contract), independent of the selected
  * variant: the definition's weights, double accumulation. */
 spqr_status spqr_cc_gemm_ref(const spqr_cc_layer *L, const float *X, int T, float *Y);
 
-/* The fused kernels only (no sgemm path) and the sgemm path only, for tests
- * and benchmarks; spqr_cc_gemm picks between them by T. */
+/* The fused kernels (what spqr_cc_gemm runs) and the sgemm alternative
+ * (rows dequantized in tiles of ~2 MiB, then cblas_sgemm), for tests and
+ * benchmarks. */
 spqr_status spqr_cc_gemm_fused(const spqr_cc_layer *L, const float *X, int T, float *Y);
 spqr_status spqr_cc_gemm_sgemm(const spqr_cc_layer *L, const float *X, int T, float *Y);
 

@@ -116,7 +116,10 @@ AI void kt(const spqr_cc_job *J, const uint32_t *off, int64_t j0, int64_t nj, fl
         }
     }
     for (int g = 0; g < G; g++)
-        for (int q = 0; q < NQ; q++) _mm256_storeu_ps(out + (g * NQ + q) * 16, a[g][q]);
+        for (int q = 0; q < NQ; q++) {
+            float *o = out + (g * NQ + q) * 16;
+            _mm256_store_ps(o, _mm256_add_ps(_mm256_load_ps(o), a[g][q]));
+        }
 }
 
 /* Blocks per group for nq token registers (G * nq accumulators + nq x). */
@@ -143,38 +146,49 @@ static const kern_fn k_kt[2][3][2] = {
 };
 static const kern_fn k_k1[2][2] = {{k1_1_4, k1_8_4}, {k1_1_8, k1_8_8}};
 
-static void group(const spqr_cc_job *J, int64_t b, int g, kern_fn fn, int64_t j0, int64_t nj, uint32_t *offbuf,
-                  float *acc) {
+/* One token: g blocks from b over columns [j0, j0 + nj), Y updated. */
+static void group1(const spqr_cc_job *J, int64_t b, int g, kern_fn fn, int64_t j0, int64_t nj, uint32_t *offbuf,
+                   float *acc) {
     const spqr_cc_layer *L = J->L;
-    spqr_cc_prefetch_next(J, b, g, j0);
+    spqr_cc_prefetch_next(J, b, g, j0, nj);
     for (int k = 0; k < g; k++)
         decode(L->idx, (b + k) * L->cols + j0, nj, L->ibits, (uint32_t)L->d, offbuf + k * SPQR_CC_LDO);
     fn(J, offbuf, j0, nj, acc);
-    for (int k = 0; k < g; k++) spqr_cc_store(J, b + k, acc + k * J->nq * 16, j0 == 0);
+    for (int k = 0; k < g; k++) spqr_cc_store(J, b + k, acc + k * 16, j0 == 0);
 }
 
-void spqr_cc_run_avx2(const spqr_cc_job *J, int64_t b0, int64_t b1, uint32_t *offbuf) {
+/* Several tokens: g blocks from b over columns [j0, j0 + nj), added to acc. */
+static void groupt(const spqr_cc_job *J, int64_t b, int g, kern_fn fn, int64_t j0, int64_t nj, uint32_t *offbuf,
+                   float *acc) {
+    const spqr_cc_layer *L = J->L;
+    spqr_cc_prefetch_next(J, b, g, j0, nj);
+    for (int k = 0; k < g; k++)
+        decode(L->idx, (b + k) * L->cols + j0, nj, L->ibits, (uint32_t)L->d, offbuf + k * SPQR_CC_LDO);
+    fn(J, offbuf, j0, nj, acc);
+}
+
+void spqr_cc_run_avx2(const spqr_cc_job *J, int64_t b0, int64_t b1, uint32_t *offbuf, float *accbuf) {
     const int vi = J->vw == 4 ? 0 : 1;
     const int qi = J->nq == 1 ? 0 : J->nq == 2 ? 1 : 2;
-    const int single = J->nt == 1;
-    const int G = single ? 8 : group_size(J->nq);
-    const kern_fn full = single ? k_k1[vi][1] : k_kt[vi][qi][1], one = single ? k_k1[vi][0] : k_kt[vi][qi][0];
     const int64_t C = J->L->cols;
-    float acc[SPQR_CC_GMAX * 4 * 16] __attribute__((aligned(64)));
-    if (J->chunk_outer) {
-        for (int64_t j0 = 0; j0 < C; j0 += SPQR_CC_CW) {
-            const int64_t nj = C - j0 < SPQR_CC_CW ? C - j0 : SPQR_CC_CW;
-            int64_t b = b0;
-            for (; b + G <= b1; b += G) group(J, b, G, full, j0, nj, offbuf, acc);
-            for (; b < b1; b++) group(J, b, 1, one, j0, nj, offbuf, acc);
-        }
-    } else {
+    if (J->nt == 1) {
+        float acc[SPQR_CC_GMAX * 16] __attribute__((aligned(64)));
         int64_t b = b0;
-        for (; b + G <= b1; b += G)
-            for (int64_t j0 = 0; j0 < C; j0 += SPQR_CC_CW)
-                group(J, b, G, full, j0, C - j0 < SPQR_CC_CW ? C - j0 : SPQR_CC_CW, offbuf, acc);
+        const int64_t cw = SPQR_CC_CW1;
+        for (; b + 8 <= b1; b += 8)
+            for (int64_t j0 = 0; j0 < C; j0 += cw) group1(J, b, 8, k_k1[vi][1], j0, C - j0 < cw ? C - j0 : cw, offbuf, acc);
         for (; b < b1; b++)
-            for (int64_t j0 = 0; j0 < C; j0 += SPQR_CC_CW)
-                group(J, b, 1, one, j0, C - j0 < SPQR_CC_CW ? C - j0 : SPQR_CC_CW, offbuf, acc);
+            for (int64_t j0 = 0; j0 < C; j0 += cw) group1(J, b, 1, k_k1[vi][0], j0, C - j0 < cw ? C - j0 : cw, offbuf, acc);
+        return;
     }
+    const int G = group_size(J->nq), per = J->nq * 16;
+    const kern_fn full = k_kt[vi][qi][1], one = k_kt[vi][qi][0];
+    memset(accbuf, 0, (size_t)(b1 - b0) * (size_t)per * sizeof(float));
+    for (int64_t j0 = 0; j0 < C; j0 += J->cw) {
+        const int64_t nj = C - j0 < J->cw ? C - j0 : J->cw;
+        int64_t b = b0;
+        for (; b + G <= b1; b += G) groupt(J, b, G, full, j0, nj, offbuf, accbuf + (b - b0) * per);
+        for (; b < b1; b++) groupt(J, b, 1, one, j0, nj, offbuf, accbuf + (b - b0) * per);
+    }
+    for (int64_t b = b0; b < b1; b++) spqr_cc_store(J, b, accbuf + (b - b0) * per, 1);
 }
