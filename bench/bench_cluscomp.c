@@ -2,14 +2,15 @@
  * baselines measured in the same run.
  *
  * For the LLaMA-7B linear shapes and several (d, n) codebooks (uniform random
- * indices, N(0, 0.02) codebook): time per matrix-vector product (median), the
- * bytes it reads and writes (index stream + fp32 codebook + x + y) per
- * second, and the speed-up over dense float32 and bf16 gemv
- * (spqr_dense_gemv); then 8 tokens per call; then prefill (512 tokens, the
- * sgemm path) against the dense bf16 format's product. Every timed call
- * reads a different copy of the layer (its own codebook too), with enough
- * copies that the working set is several times the last-level cache.
- * Prints markdown tables.
+ * indices, uniform codebook): time per matrix-vector product, the bytes it
+ * moves (index stream + fp32 codebook + x + y) per second, and the speed-up
+ * over dense float32 and bf16 gemv (spqr_dense_gemv), measured interleaved
+ * call by call with the baselines so that all see the same machine load
+ * (this machine is shared); then 8 tokens per call; then prefill (512
+ * tokens: the fused kernels, the dequantized-tiles + sgemm alternative and
+ * the dense bf16 format's product). Every timed call reads a different copy
+ * of the layer (its own codebook too), with enough copies that the working
+ * set is several times the last-level cache. Prints markdown tables.
  *
  * Usage: bench_cluscomp [--quick]   (SPQR_KERNEL=ref|avx2|avx512 to force)
  */
@@ -111,16 +112,43 @@ static void dense_free(dense_set *s) {
     free(s->w);
 }
 
-static double time_dense(const dense_set *s, int rows, int cols, const float *x, float *y, int iters) {
-    double *t = malloc((size_t)iters * sizeof(double));
-    for (int i = 0; i < s->n; i++) spqr_dense_gemv(s->dt, s->w[i], rows, cols, x, y); /* warm-up */
-    for (int i = 0; i < iters; i++) {
-        double t0 = spqr_now();
-        spqr_dense_gemv(s->dt, s->w[i % s->n], rows, cols, x, y);
-        t[i] = spqr_now() - t0;
-    }
-    double m = median(t, iters);
-    free(t);
+/* One matrix-vector product per series, the series interleaved call by
+ * call so that all of them see the same machine load: times[s][i]. */
+typedef struct series {
+    int kind;                 /* 0 dense gemv, 1 cluscomp */
+    const dense_set *dense;
+    spqr_cc_layer **cc;
+    int ncc;
+} series;
+
+static void run_interleaved(const series *s, int ns, int rows, int cols, const float *x, float *y, int T, int iters,
+                            double **times) {
+    for (int k = 0; k < ns; k++) /* warm-up: scratch, page faults */
+        for (int i = 0; i < 2; i++) {
+            if (s[k].kind == 0) spqr_dense_gemv(s[k].dense->dt, s[k].dense->w[i % s[k].dense->n], rows, cols, x, y);
+            else spqr_cc_gemm(s[k].cc[i % s[k].ncc], x, T, y);
+        }
+    for (int i = 0; i < iters; i++)
+        for (int k = 0; k < ns; k++) {
+            const double t0 = spqr_now();
+            if (s[k].kind == 0) spqr_dense_gemv(s[k].dense->dt, s[k].dense->w[i % s[k].dense->n], rows, cols, x, y);
+            else spqr_cc_gemm(s[k].cc[i % s[k].ncc], x, T, y);
+            times[k][i] = spqr_now() - t0;
+        }
+}
+
+/* median over i of a[i] / b[i] (paired: both measured back to back) */
+static double paired_ratio(const double *a, const double *b, int n) {
+    double *r = malloc((size_t)n * sizeof(double));
+    for (int i = 0; i < n; i++) r[i] = a[i] / b[i];
+    double m = median(r, n);
+    free(r);
+    return m;
+}
+
+static double min_of(const double *v, int n) {
+    double m = v[0];
+    for (int i = 1; i < n; i++) m = v[i] < m ? v[i] : m;
     return m;
 }
 
@@ -138,12 +166,13 @@ static double time_dense_fmt(const dense_set *s, int rows, int cols, const float
     return m;
 }
 
-static double time_cc(spqr_cc_layer **c, int n, const float *X, int T, float *Y, int iters) {
+static double time_cc(spqr_cc_layer **c, int n, const float *X, int T, float *Y, int iters, int sgemm) {
     double *t = malloc((size_t)iters * sizeof(double));
     for (int i = 0; i < n && i < (T >= 64 ? 1 : 4); i++) spqr_cc_gemm(c[i], X, T, Y); /* warm-up (scratch) */
     for (int i = 0; i < iters; i++) {
         double t0 = spqr_now();
-        spqr_cc_gemm(c[i % n], X, T, Y);
+        if (sgemm) spqr_cc_gemm_sgemm(c[i % n], X, T, Y);
+        else spqr_cc_gemm(c[i % n], X, T, Y);
         t[i] = spqr_now() - t0;
     }
     double m = median(t, iters);
@@ -153,31 +182,30 @@ static double time_cc(spqr_cc_layer **c, int n, const float *X, int T, float *Y,
 
 int main(int argc, char **argv) {
     const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
-    const int iters = quick ? 20 : 100;
+    const int iters = quick ? 20 : 80;
     openblas_set_num_threads(spqr_num_threads());
     printf("bench_cluscomp: variant %s, %d threads\n\n", spqr_kernel_name(), spqr_num_threads());
 
     static const int shapes[3][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
-    static const int cfgs[][2] = {{4, 4096}, {4, 65536}, {8, 4096}, {8, 65536}, {2, 256}, {16, 65536}};
+    static const int cfgs[][2] = {{4, 4096}, {4, 16384}, {4, 65536}, {8, 4096}, {8, 65536}, {2, 256}, {16, 65536}};
     const int ncfg = (int)(sizeof cfgs / sizeof *cfgs);
     const int T8 = 8, TP = 512;
     typedef struct row {
         int R, C, d, n, ibits;
-        double bpw, mb, t1, gbs, t8, t_f32, t_bf16, t_bf16_8;
+        double bpw, mb, t1, t1min, gbs, x_bf16, x_bf16_best, x_f32, t_f32, t_bf16, t8, t_bf16_8;
     } row;
     row rows[3 * 8];
     int nr = 0;
-    double t_pre_cc[3][2], t_pre_bf16[3];
+    double t_pre[3][4]; /* fused d4 n4096, fused d8 n65536, sgemm path d4 n4096, dense bf16 */
+    double **tm = malloc(3 * sizeof(double *));
+    for (int k = 0; k < 3; k++) tm[k] = malloc((size_t)iters * sizeof(double));
     for (int si = 0; si < 3; si++) {
         const int R = shapes[si][0], C = shapes[si][1];
         float *x = xalloc((size_t)C * TP * sizeof(float)), *y = xalloc((size_t)R * TP * sizeof(float));
         for (size_t i = 0; i < (size_t)C * TP; i++) x[i] = urand() - 0.5f;
         dense_set f32, bf16;
         dense_make(&f32, SPQR_DT_F32, R, C);
-        const double t_f32 = time_dense(&f32, R, C, x, y, iters);
-        dense_free(&f32);
         dense_make(&bf16, SPQR_DT_BF16, R, C);
-        const double t_bf16 = time_dense(&bf16, R, C, x, y, iters);
         for (int k = 0; k < ncfg; k++) {
             const int d = cfgs[k][0], n = cfgs[k][1];
             spqr_cc_layer *first = cc_random(R, C, d, n);
@@ -186,45 +214,57 @@ int main(int argc, char **argv) {
             spqr_cc_layer **c = malloc(sizeof(*c) * (size_t)nc);
             c[0] = first;
             for (int i = 1; i < nc; i++) c[i] = cc_random(R, C, d, n);
+            const series ser[3] = {{0, &bf16, NULL, 0}, {0, &f32, NULL, 0}, {1, NULL, c, nc}};
+            run_interleaved(ser, 3, R, C, x, y, 1, iters, tm);
             row *w = &rows[nr++];
             *w = (row){.R = R, .C = C, .d = d, .n = n, .ibits = first->ibits};
             w->bpw = spqr_qformat_cluscomp.formula_bits(first);
             w->mb = (double)spqr_qformat_cluscomp.bytes(first) / 1e6;
-            w->t1 = time_cc(c, nc, x, 1, y, iters * 2);
+            w->x_bf16 = paired_ratio(tm[0], tm[2], iters);
+            w->x_f32 = paired_ratio(tm[1], tm[2], iters);
+            w->x_bf16_best = min_of(tm[0], iters) / min_of(tm[2], iters);
+            w->t1min = min_of(tm[2], iters);
+            w->t1 = median(tm[2], iters);
+            w->t_bf16 = median(tm[0], iters);
+            w->t_f32 = median(tm[1], iters);
             w->gbs = bytes1 / w->t1 / 1e9;
-            w->t8 = time_cc(c, nc, x, T8, y, quick ? 10 : 40);
-            w->t_f32 = t_f32;
-            w->t_bf16 = t_bf16;
-            if (k == 0 || k == 3) /* prefill: the sgemm path */
-                t_pre_cc[si][k == 3] = time_cc(c, nc, x, TP, y, quick ? 2 : 4);
+            w->t8 = time_cc(c, nc, x, T8, y, quick ? 10 : 30, 0);
+            if (d == 4 && n == 4096) {
+                t_pre[si][0] = time_cc(c, nc, x, TP, y, quick ? 2 : 3, 0);
+                t_pre[si][2] = time_cc(c, nc, x, TP, y, quick ? 2 : 3, 1);
+            }
+            if (d == 8 && n == 65536) t_pre[si][1] = time_cc(c, nc, x, TP, y, quick ? 2 : 3, 0);
             for (int i = 0; i < nc; i++) spqr_cc_layer_free(c[i]);
             free(c);
         }
+        dense_free(&f32);
         /* OpenBLAS last: its threads keep spinning after a call */
         const double t8 = time_dense_fmt(&bf16, R, C, x, T8, y, quick ? 5 : 15);
         for (int i = 0; i < nr; i++)
             if (rows[i].R == R && rows[i].C == C) rows[i].t_bf16_8 = t8;
-        t_pre_bf16[si] = time_dense_fmt(&bf16, R, C, x, TP, y, quick ? 2 : 4);
+        t_pre[si][3] = time_dense_fmt(&bf16, R, C, x, TP, y, quick ? 2 : 3);
         dense_free(&bf16);
         free(x);
         free(y);
     }
 
-    printf("| shape | d | n | ibits | bits/w | MB | T=1 us | GB/s | x bf16 | x f32 | bf16 us | f32 us | T=8 us | "
-           "us/tok | x bf16 T=8 |\n");
+    printf("| shape | d | n | ibits | bits/w | MB | T=1 us (best) | GB/s | x bf16 (best) | x f32 | bf16 us | f32 us "
+           "| T=8 us | us/tok | x bf16 T=8 |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < nr; i++) {
         const row *w = &rows[i];
-        printf("| %dx%d | %d | %d | %d | %.3f | %.2f | %.1f | %.1f | %.2fx | %.2fx | %.1f | %.1f | %.1f | %.1f | %.2fx |\n",
-               w->R, w->C, w->d, w->n, w->ibits, w->bpw, w->mb, w->t1 * 1e6, w->gbs, w->t_bf16 / w->t1,
-               w->t_f32 / w->t1, w->t_bf16 * 1e6, w->t_f32 * 1e6, w->t8 * 1e6, w->t8 * 1e6 / T8,
+        printf("| %dx%d | %d | %d | %d | %.3f | %.2f | %.0f (%.0f) | %.1f | %.2fx (%.2fx) | %.2fx | %.0f | %.0f | %.0f "
+               "| %.0f | %.2fx |\n",
+               w->R, w->C, w->d, w->n, w->ibits, w->bpw, w->mb, w->t1 * 1e6, w->t1min * 1e6, w->gbs, w->x_bf16,
+               w->x_bf16_best, w->x_f32, w->t_bf16 * 1e6, w->t_f32 * 1e6, w->t8 * 1e6, w->t8 * 1e6 / T8,
                w->t_bf16_8 / w->t8);
     }
-    printf("\nprefill, %d tokens (dequantized tiles + sgemm vs the dense bf16 format's widen + sgemm):\n\n", TP);
-    printf("| shape | d4 n4096 ms | d8 n65536 ms | dense bf16 ms |\n|---|---|---|---|\n");
+    printf("\nprefill, %d tokens (ms per call):\n\n", TP);
+    printf("| shape | d4 n4096 fused | d8 n65536 fused | d4 n4096 tiles+sgemm | dense bf16 (widen+sgemm) |\n"
+           "|---|---|---|---|---|\n");
     for (int si = 0; si < 3; si++)
-        printf("| %dx%d | %.1f | %.1f | %.1f |\n", shapes[si][0], shapes[si][1], t_pre_cc[si][0] * 1e3,
-               t_pre_cc[si][1] * 1e3, t_pre_bf16[si] * 1e3);
+        printf("| %dx%d | %.1f | %.1f | %.1f | %.1f |\n", shapes[si][0], shapes[si][1], t_pre[si][0] * 1e3,
+               t_pre[si][1] * 1e3, t_pre[si][2] * 1e3, t_pre[si][3] * 1e3);
     {
         double la[3] = {0, 0, 0};
         FILE *f = fopen("/proc/loadavg", "r");
@@ -234,10 +274,14 @@ int main(int argc, char **argv) {
         }
         printf("\nload average at the end (other processes share these cores): %.2f %.2f %.2f\n", la[0], la[1], la[2]);
     }
-    printf("T=1 us: median time of one codebook matrix-vector product; GB/s: (index stream + fp32 codebook + x + y)\n"
-           "/ time; x bf16 / x f32: speed-up over dense gemv of the same shape (bf16 us, f32 us); bits/w: the format's\n"
-           "formula (indices + fp16 codebook); MB: stored bytes; T=8: 8 tokens in one call vs the dense bf16 format's\n"
-           "product of 8 tokens (widen + sgemm).\n");
+    printf("T=1 us: median (best) of %d matrix-vector products, each on another copy of the layer, interleaved call by\n"
+           "call with dense bf16 and f32 gemv of the same shape (bf16 us, f32 us: their medians); x bf16 / x f32: the\n"
+           "median of the per-iteration time ratios (best: ratio of the best times); GB/s: (index stream + fp32\n"
+           "codebook + x + y) / median time; bits/w: the format's formula (indices + fp16 codebook); MB: stored\n"
+           "bytes; T=8: 8 tokens in one call (median) vs the dense bf16 format's product of 8 tokens (widen + sgemm).\n",
+           iters);
+    for (int k = 0; k < 3; k++) free(tm[k]);
+    free(tm);
     spqr_kernel_scratch_release();
     return 0;
 }
