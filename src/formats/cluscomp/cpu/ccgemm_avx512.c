@@ -1,5 +1,8 @@
 /* ccgemm_avx512.c - AVX-512 (F/BW/VL/DQ) ClusComp kernels: index decoding
- * 16 fields at a time and the fused codebook products (ccgemm_internal.h). */
+ * (16 or 32 fields per step, 32- or 16-bit offsets) and the fused codebook
+ * products: one token (vw-wide accumulators), one or two tokens packed (the
+ * entries of 16 / vw blocks in one zmm, d = 4 and 8) and several tokens
+ * (pt tokens x vw lanes per register); see ccgemm_internal.h. */
 #include <immintrin.h>
 
 #include "ccgemm_internal.h"
