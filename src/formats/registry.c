@@ -5,10 +5,12 @@
 #include "../format/qformat.h"
 
 extern const spqr_qformat spqr_qformat_spqr;
+extern const spqr_qformat spqr_qformat_cluscomp;
 
 static const spqr_qformat *const k_builtin[] = {
     &spqr_qformat_dense, /* formats/dense */
     &spqr_qformat_spqr,  /* formats/spqr  */
+    &spqr_qformat_cluscomp, /* formats/cluscomp */
 };
 #define N_BUILTIN ((int)(sizeof k_builtin / sizeof *k_builtin))
 #define MAX_EXTRA 32

@@ -31,6 +31,15 @@
 #define SPQR_CC_MAX_D 64          /* largest sub-vector dimension          */
 #define SPQR_CC_MAX_N (1 << 24)   /* largest codebook (ibits <= 24)        */
 
+/* Stored index stream: ceil(nb*cols*ibits / 64) little-endian 64-bit words
+ * followed by SPQR_CC_INDEX_SLACK bytes; every bit after the last field is
+ * zero (open() rejects a stream whose padding is not). The slack lets SIMD
+ * kernels load 64 bytes from the byte of any field without a bounds check. */
+#define SPQR_CC_INDEX_SLACK 64
+/* cb32 holds n*d floats [n][d] followed by SPQR_CC_CB_PAD zero floats, so
+ * kernels may load a whole 16-float vector starting at any entry. */
+#define SPQR_CC_CB_PAD 16
+
 typedef struct spqr_cc_layer {
     int rows, cols;   /* W [rows][cols]                                     */
     int d, n;         /* sub-vector dimension, codebook entries             */
@@ -56,11 +65,34 @@ spqr_status spqr_cc_layer_build(int rows, int cols, int d, int n, const float *c
 /* Replace the codebook values (e.g. after tuning); rounds to fp16 like build.
  * Only for layers that own their codebook. */
 spqr_status spqr_cc_layer_set_codebook(spqr_cc_layer *L, const float *codebook);
+/* A layer over existing storage (e.g. the sections of a mapped file), which
+ * is borrowed, not copied: codebook [n][d] fp16, the index stream of
+ * idx_bytes bytes. Everything is treated as untrusted: sizes must match
+ * exactly, ibits follows from n, codebook values must be finite, every
+ * index < n and the stream padding zero. Fails with SPQR_ERR_FORMAT (and a
+ * message naming the problem) or SPQR_ERR_NOMEM. */
+spqr_status spqr_cc_layer_wrap(int rows, int cols, int d, int n, int cb_share, const uint16_t *codebook,
+                               const uint8_t *idx, size_t idx_bytes, spqr_cc_layer **out);
 /* Index of sub-vector (b, j). */
 uint32_t spqr_cc_index(const spqr_cc_layer *L, int b, int j);
 /* Unpack all indices into idx [nb][cols]. */
 void spqr_cc_unpack_indices(const spqr_cc_layer *L, uint32_t *idx);
 void spqr_cc_layer_free(spqr_cc_layer *L); /* accepts NULL */
+/* W [rows][cols] float32 per the definition above. */
+void spqr_cc_dequantize(const spqr_cc_layer *L, float *W);
+
+/* Field i of an index stream of ibits-bit fields (reads the 8 bytes from the
+ * byte holding the field's first bit; a stream of spqr_cc_index_bytes()
+ * bytes always has them). */
+static inline uint32_t spqr_cc_get_field(const uint8_t *s, int64_t i, int ibits) {
+    const uint64_t p = (uint64_t)i * (uint64_t)ibits;
+    uint64_t w;
+    memcpy(&w, s + (p >> 3), 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return (uint32_t)((w >> (p & 7)) & ((1ull << ibits) - 1ull));
+}
 
 extern const spqr_qformat spqr_qformat_cluscomp;
 
