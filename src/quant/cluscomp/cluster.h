@@ -51,7 +51,23 @@ void spqr_cluster_opts_default(spqr_cluster_opts *o); /* k-means, random init, 2
 /* Cluster X [N][d] into k codewords C [k][d]; assign [N] gets each point's
  * codeword (nearest in L2 for k-means/hierarchical, maximum posterior for
  * GMM). Errors: SPQR_ERR_INVALID_ARG (k > N, k < 1, d out of range, bad
- * options) with a message; SPQR_ERR_NOMEM. stats may be NULL. */
+ * options) with a message; SPQR_ERR_NOMEM. stats may be NULL.
+ *
+ * Per algorithm (details at the top of cluster.c, cluster_hier.c,
+ * cluster_gmm.c):
+ *   KMEANS: Lloyd; trace[t] = weighted SSE after iteration t + 1 (never
+ *     increases); stops early when no point moves (iters_run < iters).
+ *   HIERARCHICAL: divisive bisecting k-means (always splits the cluster of
+ *     largest SSE), then nearest-codeword assignment; deterministic, the
+ *     seed and init are unused; iters bounds each 2-means split
+ *     (min(iters, 10)); iters_run = k - 1 splits; trace[s] = total SSE of
+ *     the leaves after split s + 1.
+ *   GMM: diagonal Gaussians by EM from min(iters, 10) k-means iterations
+ *     (init and seed as given); trace[t] = weighted mean log-likelihood after
+ *     EM iteration t + 1 (never decreases, up to ~1e-11); C = the means.
+ * Point weights are supported by all three. o may be NULL (the defaults).
+ * Results depend on the seed and the CPU kernel variant (SIMD rounding),
+ * never on the thread count. */
 spqr_status spqr_cluster(const float *X, int64_t N, int d, int k, const spqr_cluster_opts *o, float *C,
                          uint32_t *assign, spqr_cluster_stats *stats);
 
