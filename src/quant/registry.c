@@ -8,12 +8,13 @@
 
 #include "quantizer.h"
 
-extern const spqr_quantizer spqr_quantizer_rtn, spqr_quantizer_gptq, spqr_quantizer_spqr;
+extern const spqr_quantizer spqr_quantizer_rtn, spqr_quantizer_gptq, spqr_quantizer_spqr, spqr_quantizer_cluscomp;
 
 static const spqr_quantizer *const k_builtin[] = {
     &spqr_quantizer_rtn,  /* quant/spqr */
     &spqr_quantizer_gptq, /* quant/spqr */
     &spqr_quantizer_spqr, /* quant/spqr */
+    &spqr_quantizer_cluscomp, /* quant/cluscomp */
 };
 #define N_BUILTIN ((int)(sizeof k_builtin / sizeof *k_builtin))
 #define MAX_EXTRA 32
