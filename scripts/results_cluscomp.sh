@@ -15,8 +15,16 @@
 # evaluation (EVAL_ARGS=--gpu on a machine with a CUDA device, also for
 # zero-shot); WINDOWS caps the perplexity windows per text (default 0 = all);
 # ZEROSHOT=0 leaves zero-shot out, ZS_LIMIT=N scores the first N documents of
-# each task only; GRID_SET=small runs d=4 and n=1000 only (a quick look);
-# SEEDS (default "0 1 2") for the spread row. RESULTS_OUT (default
+# each task only; GRID_SET=reduced runs the full grid for k-means and n = 1000
+# only for hierarchical and gmm (the table says so), GRID_SET=small d = 4 and
+# n = 1000 only (a quick look);
+# SEEDS (default "0 1 2") for the spread row; ALGOS, NS, DS override the grid's
+# axes and CMP=0 leaves out the comparison with GPTQ/SpQR (quick checks).
+# ROWS_DIR keeps each configuration's measured cells (one file per
+# configuration; those already there are not run again), so a long grid can
+# be run in parts (RUN_ALGOS limits a part to some algorithms, RUN_EXTRA=0
+# skips the seed and comparison rows) and ASSEMBLE_ONLY=1 writes the document
+# from the cells alone. RESULTS_OUT (default
 # docs/RESULTS_CLUSCOMP.md). Needs a release build in build/ (or SPQR_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,24 +38,28 @@ WINDOWS=${WINDOWS:-0}
 EVAL_ARGS=${EVAL_ARGS:-}
 ZEROSHOT=${ZEROSHOT:-1}
 ZS_LIMIT=${ZS_LIMIT:-0}
-SEEDS=${SEEDS:-0 1 2}
+SEEDS=${SEEDS-0 1 2}
 CALIB=$SHARED/data/calib/corpus_calib.txt
 TEXTS="corpus_valid.txt wikitext2_test.raw ptb_test.txt c4_sample.utf8"
 S=512
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+ROWS=${ROWS_DIR:-$WORK}
+mkdir -p "$ROWS"
 # shellcheck source=scripts/results_lib.sh
 . scripts/results_lib.sh
 
-ALGOS="kmeans hierarchical gmm"
-NS="1000 5000 10000"
-DS="4 8 16"
+ALGOS=${ALGOS:-kmeans hierarchical gmm}
+NS=${NS:-1000 5000 10000}
+DS=${DS:-4 8 16}
 if [ "${GRID_SET:-}" = small ]; then NS="1000"; DS="4"; fi
 
 # id | table | label | method | options | seed
 CONFIGS=()
 for a in $ALGOS; do
-  for n in $NS; do
+  ns=$NS
+  [ "${GRID_SET:-}" = reduced ] && [ "$a" != kmeans ] && ns=1000
+  for n in $ns; do
     for d in $DS; do
       for t in none layer; do
         CONFIGS+=("grid|$a|$n|$d|$t|cluscomp|--cluster-algo $a --clusters $n --cluster-dim $d --tune $t|0")
@@ -61,7 +73,7 @@ done
 for k in $SEEDS; do
   CONFIGS+=("seed|kmeans|1024|4|layer|cluscomp|--cluster-algo kmeans --clusters 1024 --cluster-dim 4 --tune layer|$k")
 done
-CONFIGS+=(
+[ "${CMP:-1}" = 1 ] && CONFIGS+=(
   "cmp|kmeans|2048|4|layer|cluscomp|--clusters 2048 --cluster-dim 4 --tune layer|0"
   "cmp|kmeans|4096|4|layer|cluscomp|--clusters 4096 --cluster-dim 4 --tune layer|0"
   "cmp|GPTQ w3 g128|-|-|-|gptq|--bits 3 --group-size 128|0"
@@ -70,47 +82,69 @@ CONFIGS+=(
   "cmp|SpQR w3 b1=32 b2=16 tau=0.5|-|-|-|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.5|0"
 )
 
-quantize_one() { # index
-  local id tab a n d t method opts seed
-  IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$1]}"
-  id=$1
-  local t0
-  t0=$(date +%s.%N)
-  # shellcheck disable=SC2086
-  OMP_NUM_THREADS=$THREADS /usr/bin/env $SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" \
-    --nsamples 128 --seqlen $S --seed "$seed" -o "$WORK/q$id.spqr" --json --quiet \
-    >"$WORK/q$id.json" 2>"$WORK/q$id.err" || true
+key_of() { # index -> a file name for the configuration
+  echo "${CONFIGS[$1]}" | cut -d'|' -f1-5,8 | tr -c 'A-Za-z0-9.\n' '_'
+}
+wanted() { # index -> whether this part runs it
+  local tab a
+  IFS='|' read -r tab a _ <<<"${CONFIGS[$1]}"
+  if [ "$tab" = grid ]; then
+    case " ${RUN_ALGOS:-$ALGOS} " in *" $a "*) return 0 ;; esac
+    return 1
+  fi
+  [ "${RUN_EXTRA:-1}" = 1 ]
 }
 
-echo "quantizing ${#CONFIGS[@]} configurations, $JOBS at a time, $THREADS threads each" >&2
-for i in "${!CONFIGS[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
-  quantize_one "$i" &
-done
-wait
-
-FP_PPL=""
-fprow=$(eval_all "$MODEL")
+if [ ! -s "$ROWS/fp" ]; then
+  echo "evaluating fp" >&2
+  fprow=$(eval_all "$MODEL")
+  echo "$fprow" >"$ROWS/fp"
+  zs_all "$MODEL" >"$ROWS/fp.zs"
+fi
+fprow=$(cat "$ROWS/fp")
+fpzs=$(cat "$ROWS/fp.zs" 2>/dev/null || true)
 FP_PPL=$(echo "$fprow" | tr -d '|' | sed 's/([^)]*)//g' | xargs)
-fpzs=$(zs_all "$MODEL")
 
-HEAD="| formula bits | file bits | corpus_valid | wikitext2 | ptb | c4 |$(zs_head) quantize s | peak MiB |"
-RULE="|---|---|---|---|---|---|$(zs_rule)---|---|"
-row_of() { # index -> the measured cells, or the error
+# one configuration: quantize, evaluate, leave its table cells in $WORK/r<index>
+run_one() { # index
+  local tab a n d t method opts seed
+  IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$1]}"
+  local f=$WORK/q$1.spqr out
+  out=$ROWS/$(key_of "$1")
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=$THREADS $SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" \
+    --nsamples 128 --seqlen $S --seed "$seed" -o "$f" --json --quiet >"$WORK/q$1.json" 2>"$WORK/q$1.err" || true
   local js
   js=$(tail -n1 "$WORK/q$1.json" 2>/dev/null || true)
-  if [ ! -s "$WORK/q$1.spqr" ] || [ -z "$js" ]; then
+  if [ ! -s "$f" ] || [ -z "$js" ]; then
     local why
     why=$(grep -v '^$' "$WORK/q$1.err" | tail -n1 | sed 's/|/\//g' | cut -c1-160)
-    echo " not quantized: ${why:-unknown error} |"
+    echo " not quantized: ${why:-unknown error} |" >"$out"
     return 0
   fi
   local fb rb secs mib
   fb=$(echo "$js" | jget avg_bits_formula); rb=$(echo "$js" | jget avg_bits_real)
   secs=$(echo "$js" | jget seconds); mib=$(echo "$js" | jget peak_rss_mib)
-  printf ' %.3f | %.3f |%s%s %.0f | %.0f |\n' "$fb" "$rb" "$(eval_all "$WORK/q$1.spqr")" "$(zs_all "$WORK/q$1.spqr")" "$secs" "$mib"
-  rm -f "$WORK/q$1.spqr"
+  printf ' %.3f | %.3f |%s%s %.0f | %.0f |\n' "$fb" "$rb" "$(OMP_NUM_THREADS=$THREADS eval_all "$f")" \
+    "$(OMP_NUM_THREADS=$THREADS zs_all "$f")" "$secs" "$mib" >"$out"
+  rm -f "$f"
 }
+
+T0=$(date +%s)
+echo "running ${#CONFIGS[@]} configurations, $JOBS at a time, $THREADS threads each" >&2
+for i in "${!CONFIGS[@]}"; do
+  [ "${ASSEMBLE_ONLY:-0}" = 1 ] && break
+  wanted "$i" || continue
+  [ -s "$ROWS/$(key_of "$i")" ] && continue
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  run_one "$i" &
+done
+wait
+echo "all done in $(($(date +%s) - T0)) s" >&2
+
+HEAD="| formula bits | file bits | corpus_valid | wikitext2 | ptb | c4 |$(zs_head) quantize s | peak MiB |"
+RULE="|---|---|---|---|---|---|$(zs_rule)---|---|"
+row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
 
 {
   echo "# ClusComp results"
@@ -130,7 +164,10 @@ row_of() { # index -> the measured cells, or the error
   echo "8192 sub-vectors at d = 16, so n = 10000 is refused there (n must not exceed the sub-vectors)."
   echo
   zs_legend
-  echo "fp (bf16 weights, fp32 compute): ${fprow}${fpzs}"
+  [ "${GRID_SET:-}" = reduced ] && echo "**Reduced grid**: hierarchical and gmm at n = 1000 only (the full grid did not fit the run's time)." && echo
+  echo "| fp (bf16 weights, fp32 compute) | corpus_valid | wikitext2 | ptb | c4 |$(zs_head)"
+  echo "|---|---|---|---|---|$(zs_rule)"
+  echo "| 16 bits |${fprow}${fpzs}"
   echo
   echo "## The grid: clustering algorithm x clusters n x dimension d, tuning none / layer"
   echo
