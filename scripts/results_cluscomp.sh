@@ -149,7 +149,7 @@ row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
 {
   echo "# ClusComp results"
   echo
-  echo "Produced by \`scripts/results_cluscomp.sh\` on $(date -u +%Y-%m-%d) ($(nproc) cores, $(uname -m)); do not edit by hand."
+  echo "Produced by \`scripts/results_cluscomp.sh\` on $(date -u +%Y-%m-%d) (${QUANT_CORES:-$(nproc)} cores, $(uname -m)); do not edit by hand."
   echo
   echo "Model: \`$(basename "$MODEL")\` (hidden 512, MLP 1408, 8 blocks; q/o 512x512, k/v 256x512, gate/up 1408x512, down 512x1408)."
   echo "Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0 unless the row says otherwise (used by"

@@ -66,6 +66,6 @@ zs_rule() { [ "${ZEROSHOT:-0}" = 1 ] && printf '%s' '---|---|---|---|---|---|---
 # Where the evaluations ran (one line, empty for the CPU).
 where_line() {
   if gpu_requested; then
-    echo "Quantized on the CPU ($(nproc) cores); evaluated with \`--gpu\` on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "a CUDA device")."
+    echo "Quantized on the CPU (${QUANT_CORES:-$(nproc)} cores); evaluated with \`--gpu\` on ${GPU_NAME:-$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || echo "a CUDA device")}."
   fi
 }
