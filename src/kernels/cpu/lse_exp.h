@@ -1,4 +1,4 @@
-/* lse_exp.h - the exponential the SIMD log-sum-exp variants use, written once
+/* lse_exp.h - the SIMD log-sum-exp body and its exponential, written once
  * for any vector width (GCC vector extensions; included by lse_avx2.c and
  * lse_avx512.c, each compiled for its ISA).
  *
@@ -11,7 +11,9 @@
 #ifndef SPQR_LSE_EXP_H
 #define SPQR_LSE_EXP_H
 
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifndef LSE_W
 #error "define LSE_W (floats per vector) before including lse_exp.h"
@@ -47,6 +49,39 @@ static inline vf lse_exp_nonpos(vf r) {
     vi k = __builtin_convertvector(kf, vi);
     vf e = (vf)((vi)p + (k << 23));
     return (vf)((vi)e & ~under);
+}
+
+/* The maximum, its first index, then the sum of exp(x - max) in double. */
+static inline double lse_simd(const float *x, int64_t n, int *argmax) {
+    /* the maximum, then its first index */
+    int64_t i = 0;
+    vf vm = lse_splat(x[0]);
+    for (; i + LSE_W <= n; i += LSE_W) {
+        vf v;
+        memcpy(&v, x + i, sizeof v);
+        vi gt = v > vm;
+        vm = (vf)(((vi)v & gt) | ((vi)vm & ~gt));
+    }
+    float mx = vm[0];
+    for (int l = 1; l < LSE_W; l++) mx = vm[l] > mx ? vm[l] : mx;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    int am = 0;
+    while (x[am] != mx) am++;
+    /* sum of exp(x - max) in double: four float lanes at a time widened */
+    const vf vmx = lse_splat(mx);
+    double s = 0.0;
+    double acc[LSE_W];
+    for (int l = 0; l < LSE_W; l++) acc[l] = 0.0;
+    for (i = 0; i + LSE_W <= n; i += LSE_W) {
+        vf v;
+        memcpy(&v, x + i, sizeof v);
+        vf e = lse_exp_nonpos(v - vmx);
+        for (int l = 0; l < LSE_W; l++) acc[l] += (double)e[l];
+    }
+    for (; i < n; i++) s += (double)expf(x[i] - mx);
+    for (int l = 0; l < LSE_W; l++) s += acc[l];
+    if (argmax) *argmax = am;
+    return log(s) + (double)mx;
 }
 
 #endif
