@@ -26,7 +26,8 @@ static const spqr_qopt k_opts[] = {
      "k-means seeding: random points (the authors') or kmeans++ (random)", NULL},
     {"cluster-iters", SPQR_QOPT_INT, CP(iters), 0, 1000, NULL, "Lloyd / EM iterations (20)", NULL},
     {"tune", SPQR_QOPT_CHOICE, CP(tune), 0, 0, "none|layer|block",
-     "codebook tuning: none, layer (Hessian-weighted output error of each layer; needs --calib) or block (layer)",
+     "codebook tuning: none; layer = exact minimum of each layer's Hessian-weighted output error (calibration "
+     "data); block = needs the block-tuning engine, not built yet (layer)",
      NULL},
     {"tune-iters", SPQR_QOPT_INT, CP(tune_iters), 0, 100000, NULL,
      "conjugate-gradient steps of layer tuning (50)", NULL},
