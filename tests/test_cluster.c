@@ -260,7 +260,8 @@ static void test_hierarchical_k(void **state) {
     (void)state;
     const int d = 4;
     for (int trial = 0; trial < 3; trial++) {
-        const int64_t N = trial == 2 ? 70000 : 5000; /* the last one exercises the parallel passes */
+        const int64_t N = trial == 2 ? 70000 : 5000;
+        cl_hier_parallel_min = trial == 2 ? 20000 : (int64_t)1 << 20; /* the last one: parallel passes */
         const int k = trial == 0 ? 37 : trial == 1 ? 500 : 1000;
         float *X = make_weightlike(N, d, 20 + trial);
         float *C = malloc(sizeof(float) * k * d);
@@ -294,6 +295,7 @@ static void test_hierarchical_k(void **state) {
         free(C);
         free(a);
     }
+    cl_hier_parallel_min = (int64_t)1 << 20;
 }
 
 static void check_assign_brute(const char *what) {
@@ -495,6 +497,7 @@ static void test_bad_args(void **state) {
 
 static void test_determinism(void **state) {
     (void)state;
+    cl_hier_parallel_min = 10000; /* hierarchical: big-cluster passes and batches both */
     const int64_t N = 40000;
     const int d = 4, k = 200;
     float *X = make_weightlike(N, d, 30);
@@ -529,6 +532,7 @@ static void test_determinism(void **state) {
             assert_true(memcmp(C1, C2, sizeof(float) * k * d) != 0);
         }
     }
+    cl_hier_parallel_min = (int64_t)1 << 20;
     free(X);
     free(C1);
     free(C2);
@@ -540,7 +544,7 @@ static void test_determinism(void **state) {
  * weighted one and ignores them. */
 static void test_zero_weights(void **state) {
     (void)state;
-    const int64_t N = 50000; /* >= the hierarchical parallel-pass size */
+    const int64_t N = 50000;
     const int d = 4, k = 64;
     float *X = make_weightlike(N, d, 31);
     float *w = malloc(sizeof(float) * N);

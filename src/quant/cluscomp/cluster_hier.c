@@ -34,14 +34,18 @@
  * cluster a contiguous range, so every pass over a cluster is sequential;
  * a split partitions its range in place.
  *
- * Parallelism and determinism: a cluster of >= BIG points is split alone
- * with its passes cut into 64 fixed chunks (partial sums reduced in chunk
- * order); smaller clusters are split several at a time, one per thread,
- * each serially. A split's result depends only on the cluster's points in
- * their range order, so splitting ahead of the greedy order (a batch takes
- * the next few clusters of the queue) commits exactly the splits the
- * one-at-a-time greedy order would: the result does not depend on the
- * thread count. stats->iters_run = number of splits (k - 1); the trace
+ * Parallelism and determinism: a cluster of >= cl_hier_parallel_min (2^20)
+ * points is split alone with its passes cut into 64 fixed chunks (partial
+ * sums reduced in chunk order); smaller clusters are split up to 64 at a
+ * time, one per thread, each serially - one parallel region per batch: every
+ * region ends in a barrier, and on a busy machine a barrier can cost a
+ * scheduler time slice (with 32k-point "big" clusters and batches of 8 the
+ * tree took 7x longer on 2 threads than on 1 on 2 shared cores). A split's
+ * result depends only on the cluster's points in their range order, so
+ * splitting ahead of the greedy order (a batch takes the next clusters of
+ * the queue, no more than the splits still needed) commits exactly the
+ * splits the one-at-a-time greedy order would: the result does not depend
+ * on the thread count. stats->iters_run = number of splits (k - 1); the trace
  * records the total SSE of the leaves after each split (never increasing).
  *
  * Memory: N*d floats (+ N floats with weights) for the permuted copy, O(k d)
@@ -54,7 +58,10 @@
 
 #include "cluster_internal.h"
 
-#define BIG 32768  /* clusters at least this large are split with parallel passes */
+#define BATCH 64 /* most splits computed by one parallel region */
+
+/* clusters at least this large are split with parallel passes (a knob for tests) */
+int64_t cl_hier_parallel_min = (int64_t)1 << 20;
 #define NCH 64     /* chunks of a parallel pass                                    */
 /* a 2-means split stops when an iteration improves its objective by less than this (relative) */
 #define CL_BISECT_TOL 1e-4
@@ -77,7 +84,7 @@ typedef struct htree {
 
 /* ---- passes over a range (serial, or NCH chunks in parallel) ------------------------------- */
 
-static inline int nchunks(int64_t n) { return n >= BIG ? NCH : 1; }
+static inline int nchunks(int64_t n) { return n >= cl_hier_parallel_min ? NCH : 1; }
 static inline int64_t chunk_lo(int64_t n, int nch, int c) { return n * c / nch; }
 
 /* W, sum w x; mean = sum / W (unweighted mean when W == 0). */
@@ -371,7 +378,7 @@ static int leaf_cmp(const void *pa, const void *pb) {
 spqr_status cl_hierarchical(const float *X, int64_t N, int d, int k, const spqr_cluster_opts *o, float *C,
                             uint32_t *assign, spqr_cluster_stats *st) {
     const int nth = spqr_num_threads();
-    const int batch = 4 * nth;
+    const int batch = nth > 1 ? BATCH : 1;
     const int iters2 = CL_BISECT_ITERS(o->iters);
     htree T = {0};
     T.d = d;
@@ -420,17 +427,17 @@ spqr_status cl_hierarchical(const float *X, int64_t N, int d, int k, const spqr_
         /* the clusters to split now: the top one alone when big, else the next
          * few small unsplit ones in queue order */
         int nt = 0;
-        if (T.nodes[top].n >= BIG)
+        if (T.nodes[top].n >= cl_hier_parallel_min)
             todo[nt++] = top;
         else {
             /* splits still needed beyond those computed already, at least the top's */
-            int popped[64 * 4 + 1], np = 0, want = k - nleaves - nready;
+            int popped[4 * BATCH], np = 0, want = k - nleaves - nready;
             if (want > batch) want = batch;
             if (want < 1) want = 1;
             if (want > (int)(sizeof popped / sizeof popped[0])) want = (int)(sizeof popped / sizeof popped[0]);
             while (hlen > 0 && nt < want && np < (int)(sizeof popped / sizeof popped[0])) {
                 const hnode *h = &T.nodes[heap[0]];
-                if (!h->ready && (h->n >= BIG || h->n < 2)) break;
+                if (!h->ready && (h->n >= cl_hier_parallel_min || h->n < 2)) break;
                 int id = heap_pop(heap, &hlen, T.nodes);
                 popped[np++] = id;
                 if (!T.nodes[id].ready) todo[nt++] = id;
