@@ -14,8 +14,8 @@
  *   a_0 = nearest codewords of C_0;
  *   iteration t = 1..iters: C_t = weighted means of a_{t-1} (empty clusters:
  *         see below), a_t = nearest codewords of C_t, trace[t-1] = SSE(C_t,
- *         a_t); stop early when no point changed cluster (the next
- *         iteration would reproduce C_t and a_t exactly).
+ *         a_t); stop early when no point changed cluster and no cluster
+ *         was re-seeded (the next iteration would reproduce C_t and a_t).
  * The result is C_t and a_t, so assign is the nearest-codeword assignment of
  * the returned codebook and stats->sse is its exact objective.
  *
@@ -440,7 +440,7 @@ spqr_status cl_kmeans(const float *X, int64_t N, int d, int k, const spqr_cluste
             sse = pr.sse;
             it_run = t;
             if (trace && ntr < trace_cap) trace[ntr++] = sse;
-            if (pr.changed == 0) break; /* converged: the next iteration would repeat this one */
+            if (pr.changed == 0 && r == 0) break; /* converged: the next iteration would repeat this one */
         }
         free(s.W);
         free(s.S);
