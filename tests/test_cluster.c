@@ -260,7 +260,8 @@ static void test_hierarchical_k(void **state) {
     (void)state;
     const int d = 4;
     for (int trial = 0; trial < 3; trial++) {
-        const int64_t N = trial == 2 ? 70000 : 5000; /* the last one exercises the parallel passes */
+        const int64_t N = trial == 2 ? 70000 : 5000;
+        cl_hier_parallel_min = trial == 2 ? 20000 : (int64_t)1 << 20; /* the last one: parallel passes */
         const int k = trial == 0 ? 37 : trial == 1 ? 500 : 1000;
         float *X = make_weightlike(N, d, 20 + trial);
         float *C = malloc(sizeof(float) * k * d);
@@ -294,6 +295,7 @@ static void test_hierarchical_k(void **state) {
         free(C);
         free(a);
     }
+    cl_hier_parallel_min = (int64_t)1 << 20;
 }
 
 static void check_assign_brute(const char *what) {
@@ -495,6 +497,7 @@ static void test_bad_args(void **state) {
 
 static void test_determinism(void **state) {
     (void)state;
+    cl_hier_parallel_min = 10000; /* hierarchical: big-cluster passes and batches both */
     const int64_t N = 40000;
     const int d = 4, k = 200;
     float *X = make_weightlike(N, d, 30);
@@ -529,6 +532,65 @@ static void test_determinism(void **state) {
             assert_true(memcmp(C1, C2, sizeof(float) * k * d) != 0);
         }
     }
+    cl_hier_parallel_min = (int64_t)1 << 20;
+    free(X);
+    free(C1);
+    free(C2);
+    free(a1);
+    free(a2);
+}
+
+/* Points of weight zero: every algorithm runs, the objective is the exact
+ * weighted one and ignores them. */
+static void test_zero_weights(void **state) {
+    (void)state;
+    const int64_t N = 50000;
+    const int d = 4, k = 64;
+    float *X = make_weightlike(N, d, 31);
+    float *w = malloc(sizeof(float) * N);
+    tu_seed(32);
+    for (int64_t i = 0; i < N; i++) w[i] = tu_rand_uniform() < 0.3f ? 0.0f : tu_rand_uniform();
+    for (int64_t i = 0; i < 1000; i++) w[i] = 0.0f; /* and a run of them */
+    float *C = malloc(sizeof(float) * k * d);
+    uint32_t *a = malloc(sizeof(uint32_t) * N);
+    for (int c = 0; c < 3; c++) {
+        spqr_cluster_opts o;
+        spqr_cluster_opts_default(&o);
+        o.algo = c == 0 ? SPQR_CLUSTER_KMEANS : c == 1 ? SPQR_CLUSTER_HIERARCHICAL : SPQR_CLUSTER_GMM;
+        o.weights = w;
+        o.iters = 10;
+        spqr_cluster_stats st;
+        assert_int_equal(spqr_cluster(X, N, d, k, &o, C, a, &st), SPQR_OK);
+        for (int i = 0; i < k * d; i++) assert_true(isfinite(C[i]));
+        assert_true(fabs(st.sse - exact_sse(X, N, d, C, a, w)) <= 1e-9 * st.sse);
+    }
+    free(X);
+    free(w);
+    free(C);
+    free(a);
+}
+
+/* The sgemm engine is deterministic across thread counts too (single-threaded
+ * OpenBLAS inside the tiles). */
+static void test_sgemm_engine_threads(void **state) {
+    (void)state;
+    const int64_t N = 30000;
+    const int d = 8, k = 300;
+    float *X = make_weightlike(N, d, 40);
+    float *C1 = malloc(sizeof(float) * k * d), *C2 = malloc(sizeof(float) * k * d);
+    uint32_t *a1 = malloc(sizeof(uint32_t) * N), *a2 = malloc(sizeof(uint32_t) * N);
+    spqr_cluster_engine_force(CL_ENGINE_SGEMM);
+    spqr_cluster_opts o;
+    spqr_cluster_opts_default(&o);
+    o.iters = 6;
+    spqr_set_num_threads(2);
+    assert_int_equal(spqr_cluster(X, N, d, k, &o, C1, a1, NULL), SPQR_OK);
+    spqr_set_num_threads(1);
+    assert_int_equal(spqr_cluster(X, N, d, k, &o, C2, a2, NULL), SPQR_OK);
+    spqr_set_num_threads(0);
+    spqr_cluster_engine_force(CL_ENGINE_AUTO);
+    assert_memory_equal(C1, C2, sizeof(float) * k * d);
+    assert_memory_equal(a1, a2, sizeof(uint32_t) * N);
     free(X);
     free(C1);
     free(C2);
@@ -582,6 +644,7 @@ int main(void) {
         cmocka_unit_test(test_assign_ties),      cmocka_unit_test(test_weights_two),
         cmocka_unit_test(test_k_equals_n),       cmocka_unit_test(test_bad_args),
         cmocka_unit_test(test_determinism),      cmocka_unit_test(test_gmm_map),
+        cmocka_unit_test(test_zero_weights),     cmocka_unit_test(test_sgemm_engine_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -83,6 +83,7 @@ spqr_status cl_gmm(const float *X, int64_t N, int d, int k, const spqr_cluster_o
                    spqr_cluster_stats *st);
 
 /* Bisecting k-means: Lloyd iterations of each 2-means split. */
+extern int64_t cl_hier_parallel_min; /* clusters this large split with parallel passes (tests lower it) */
 #define CL_BISECT_ITERS(iters) ((iters) < 10 ? (iters) : 10)
 /* GMM: Lloyd iterations of the k-means initialisation. */
 #define CL_GMM_KMEANS_ITERS(iters) ((iters) < 10 ? (iters) : 10)
