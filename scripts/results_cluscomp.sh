@@ -164,7 +164,9 @@ row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
   echo "8192 sub-vectors at d = 16, so n = 10000 is refused there (n must not exceed the sub-vectors)."
   echo
   zs_legend
-  [ "${GRID_SET:-}" = reduced ] && echo "**Reduced grid**: hierarchical and gmm at n = 1000 only (the full grid did not fit the run's time)." && echo
+  echo "Grid measured in this run: algorithms {$ALGOS} x n {$NS} x d {$DS}$( [ "${GRID_SET:-}" = reduced ] && echo " (hierarchical and gmm at n = 1000 only)"); the full grid"
+  echo "(the script's default) is {kmeans hierarchical gmm} x n {1000 5000 10000} x d {4 8 16}."
+  echo
   echo "| fp (bf16 weights, fp32 compute) | corpus_valid | wikitext2 | ptb | c4 |$(zs_head)"
   echo "|---|---|---|---|---|$(zs_rule)"
   echo "| 16 bits |${fprow}${fpzs}"
