@@ -63,10 +63,6 @@ static float rndn(void) {
     if (u1 < 1e-7f) u1 = 1e-7f;
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
 }
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* ---- a random layer, built by hand (cluscomp.h's definition) ------------------ */
 typedef struct hlayer {
@@ -147,23 +143,20 @@ static void op_cublas(op_ctx *c, int k) {
 static int g_reps = 30;
 static spqr_bench_timer *g_tm;
 
-/* median microseconds per call */
+/* median microseconds per call (spqr_bench_median_us over the copies) */
+typedef struct op_call {
+    void (*fn)(op_ctx *, int);
+    op_ctx *c;
+} op_call;
+static void run_op(void *p, int k) {
+    const op_call *o = p;
+    o->fn(o->c, k);
+}
 static double time_op(void (*fn)(op_ctx *, int), op_ctx *c) {
-    for (int w = 0; w < 3; w++)
-        for (int k = 0; k < c->ncopies; k++) fn(c, k);
-    CHECK(spqr_cuda_synchronize());
-    double *s = malloc(sizeof(double) * g_reps);
-    for (int i = 0; i < g_reps; i++) {
-        float ms = 0;
-        CHECK(spqr_bench_timer_start(g_tm));
-        for (int k = 0; k < c->ncopies; k++) fn(c, k);
-        CHECK(spqr_bench_timer_stop(g_tm, &ms));
-        s[i] = 1000.0 * ms / c->ncopies;
-    }
-    qsort(s, (size_t)g_reps, sizeof *s, cmp_d);
-    double m = s[g_reps / 2];
-    free(s);
-    return m;
+    op_call o = {fn, c};
+    double us = 0;
+    CHECK(spqr_bench_median_us(g_tm, g_reps, c->ncopies, run_op, &o, &us));
+    return us;
 }
 
 typedef struct row_t {

@@ -26,6 +26,13 @@ spqr_status spqr_bench_timer_start(spqr_bench_timer *t);
 /* Records the stop event, waits for it, returns elapsed milliseconds. */
 spqr_status spqr_bench_timer_stop(spqr_bench_timer *t, float *ms);
 
+/* Median microseconds per call of fn(ctx, k), k = 0..ncopies-1 (each k a
+ * different copy of the data, so caches do not flatter the result): three
+ * warm-up passes, then `reps` timed passes over all copies
+ * (bench/cuda_timing.c). */
+spqr_status spqr_bench_median_us(spqr_bench_timer *t, int reps, int ncopies, void (*fn)(void *ctx, int k),
+                                 void *ctx, double *us);
+
 /* Device copy bandwidth in GB/s (bytes read + bytes written per second), the
  * median of reps copies of `bytes` with cudaMemcpy device-to-device and with
  * a 16-byte-per-thread copy kernel. */

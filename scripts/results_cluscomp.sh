@@ -146,6 +146,21 @@ HEAD="| formula bits | file bits | corpus_valid | wikitext2 | ptb | c4 |$(zs_hea
 RULE="|---|---|---|---|---|---|$(zs_rule)---|---|"
 row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
 
+# the rows of one table: TAB -> "| label cells |" per configuration of it
+rows_of() {
+  local i tab a n d t method opts seed label
+  for i in "${!CONFIGS[@]}"; do
+    IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$i]}"
+    [ "$tab" = "$1" ] || continue
+    case $tab in
+      grid) label="$a | $n | $d | $t" ;;
+      seed) label=$seed ;;
+      *) if [ "$method" = cluscomp ]; then label="ClusComp kmeans n=$n d=$d tune $t"; else label=$a; fi ;;
+    esac
+    echo "| $label |$(row_of "$i")"
+  done
+}
+
 {
   echo "# ClusComp results"
   echo
@@ -175,10 +190,7 @@ row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
   echo
   echo "| algorithm | n | d | tuning $HEAD"
   echo "|---|---|---|---$RULE"
-  for i in "${!CONFIGS[@]}"; do
-    IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$i]}"
-    [ "$tab" = grid ] && echo "| $a | $n | $d | $t |$(row_of "$i")"
-  done
+  rows_of grid
   echo
   echo "## Calibration-seed spread (k-means, n = 1024, d = 4, layer tuning)"
   echo
@@ -188,21 +200,13 @@ row_of() { cat "$ROWS/$(key_of "$1")" 2>/dev/null || echo " not run |"; }
   echo
   echo "| seed $HEAD"
   echo "|---$RULE"
-  for i in "${!CONFIGS[@]}"; do
-    IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$i]}"
-    [ "$tab" = seed ] && echo "| $seed |$(row_of "$i")"
-  done
+  rows_of seed
   echo
   echo "## ClusComp against GPTQ and SpQR at about the same real bits"
   echo
   echo "| method $HEAD"
   echo "|---$RULE"
-  for i in "${!CONFIGS[@]}"; do
-    IFS='|' read -r tab a n d t method opts seed <<<"${CONFIGS[$i]}"
-    [ "$tab" = cmp ] || continue
-    if [ "$method" = cluscomp ]; then label="ClusComp kmeans n=$n d=$d tune $t"; else label=$a; fi
-    echo "| $label |$(row_of "$i")"
-  done
+  rows_of cmp
 } >"$WORK/table.md"
 cp "$WORK/table.md" "$OUT"
 echo "wrote $OUT" >&2

@@ -31,7 +31,10 @@ typedef struct spqr_cc_tune_report {
 spqr_status spqr_cc_tune_layer(const float *W, int rows, int cols, const double *H, int d, int n,
                                const uint32_t *idx, int iters, float *C, spqr_cc_tune_report *rep);
 
-/* tr((Q - W) H (Q - W)^T) of two [rows][cols] matrices (-1 when out of memory). */
-double spqr_cc_hessian_err(const float *W, const float *Q, int rows, int cols, const double *H);
+/* err = tr((Q - W) H (Q - W)^T) and ref = tr(W H W^T) of two [rows][cols]
+ * matrices (the layer's output error and output energy on the calibration
+ * inputs). */
+spqr_status spqr_cc_hessian_err(const float *W, const float *Q, int rows, int cols, const double *H, double *err,
+                                double *ref);
 
 #endif

@@ -133,10 +133,9 @@ static spqr_status quantize_layer(const void *params, const float *W, int rows, 
     memset(rep, 0, sizeof *rep);
     rep->weight_rel_err = den > 0 ? sqrt(num / den) : 0;
     if (H) {
-        rep->hessian_err = spqr_cc_hessian_err(W, committed, rows, cols, H);
-        float *Z = spqr_calloc_array((size_t)rows * cols, sizeof(float));
-        const double ref = Z ? spqr_cc_hessian_err(W, Z, rows, cols, H) : 0;
-        free(Z);
+        double ref = 0;
+        st = spqr_cc_hessian_err(W, committed, rows, cols, H, &rep->hessian_err, &ref);
+        if (st) goto done;
         rep->hessian_rel_err = ref > 0 ? rep->hessian_err / ref : 0;
     }
     rep->formula_bits = spqr_qformat_cluscomp.formula_bits(L);

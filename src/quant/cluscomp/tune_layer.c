@@ -76,21 +76,25 @@ static double objective(const prob *p) {
     return f;
 }
 
-double spqr_cc_hessian_err(const float *W, const float *Q, int rows, int cols, const double *H) {
-    float *E = spqr_malloc_array((size_t)rows * cols, sizeof(float));
-    float *G = spqr_malloc_array((size_t)rows * cols, sizeof(float));
-    float *Hf = spqr_malloc_array((size_t)cols * cols, sizeof(float));
-    double f = -1;
-    if (E && G && Hf) {
-        for (size_t i = 0; i < (size_t)cols * cols; i++) Hf[i] = (float)H[i];
-        for (size_t i = 0; i < (size_t)rows * cols; i++) E[i] = Q[i] - W[i];
-        prob p = {W, rows, cols, 1, 1, NULL, Hf, E, G};
-        f = objective(&p);
+spqr_status spqr_cc_hessian_err(const float *W, const float *Q, int rows, int cols, const double *H, double *err,
+                                double *ref) {
+    const size_t RC = (size_t)rows * cols;
+    prob p = {W, rows, cols, 1, 1, NULL, spqr_malloc_array((size_t)cols * cols, sizeof(float)),
+              spqr_malloc_array(RC, sizeof(float)), spqr_malloc_array(RC, sizeof(float))};
+    spqr_status st = SPQR_OK;
+    if (p.Hf && p.E && p.G) {
+        for (size_t i = 0; i < (size_t)cols * cols; i++) p.Hf[i] = (float)H[i];
+        for (size_t i = 0; i < RC; i++) p.E[i] = Q[i] - W[i];
+        *err = objective(&p);
+        memcpy(p.E, W, RC * sizeof(float));
+        *ref = objective(&p);
+    } else {
+        st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for the Hessian-weighted error (%dx%d layer)", rows, cols);
     }
-    free(E);
-    free(G);
-    free(Hf);
-    return f;
+    free(p.Hf);
+    free(p.E);
+    free(p.G);
+    return st;
 }
 
 spqr_status spqr_cc_tune_layer(const float *W, int rows, int cols, const double *H, int d, int n,
