@@ -15,13 +15,14 @@ layer() {
         src/format/*) echo 2 ;;
         src/kernels/* | src/formats/*) echo 3 ;;
         src/model/*) echo 4 ;;
-        src/quant/*) echo 5 ;;
-        src/eval/*) echo 6 ;;
-        tools/*) echo 7 ;;
+        src/train/*) echo 5 ;;
+        src/quant/*) echo 6 ;;
+        src/eval/*) echo 7 ;;
+        tools/*) echo 8 ;;
         *) echo "?" ;;
     esac
 }
-names=(util io/tokenizer format kernels/formats model quant eval tools)
+names=(util io/tokenizer format kernels/formats model train quant eval tools)
 
 bad=0
 edges=$(mktemp)

@@ -81,6 +81,23 @@ typedef struct spqr_qformat {
     /* device pointers: dY[T][rows] = dX[T][cols] W^T */
     spqr_status (*cuda_gemm)(const void *dev, const float *dX, int T, float *dY);
     void (*cuda_free)(void *dev);
+
+    /* ---- training (all NULL when the format has no continuous parameters
+     * to retrain; the block tuner, train/, then leaves such a layer as is) */
+    /* Number of trainable parameters: the continuous values the format
+     * stores next to its discrete codes (codebook entries, statistics,
+     * outlier values), 0 for none. */
+    size_t (*train_count)(const void *payload);
+    /* theta[train_count] = the stored values, as float32. */
+    void (*train_get)(const void *payload, float *theta);
+    /* Store theta, rounded to the stored precision (e.g. fp16), so that
+     * dequantize() then defines W from it. SPQR_ERR_NUMERIC (nothing changed)
+     * for a value that is not finite or does not fit the stored type. */
+    spqr_status (*train_set)(void *payload, const float *theta);
+    /* g[train_count] += dL/dtheta at the stored values, given
+     * G = dL/dW [rows][cols] (original column order, W as dequantize()
+     * defines it). */
+    void (*train_grad)(const void *payload, const float *G, float *g);
 } spqr_qformat;
 
 /* ---- registry -------------------------------------------------------------
