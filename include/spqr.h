@@ -245,6 +245,8 @@ typedef struct spqr_quant_progress {
     double formula_bits, real_bits;
     double seconds;            /* this layer's time                                             */
     double elapsed, eta;       /* whole run so far / estimated remaining                        */
+    const char *note;          /* non-NULL: a message worth keeping on screen (e.g. block tuning
+                                  put the untuned parameters back because the loss rose)         */
 } spqr_quant_progress;
 typedef void (*spqr_quant_progress_fn)(void *user, const spqr_quant_progress *p);
 void spqr_quant_config_set_progress(spqr_quant_config *c, spqr_quant_progress_fn fn, void *user);
@@ -258,6 +260,11 @@ typedef struct spqr_quant_summary {
     double outlier_share;
     double seconds;
     double calib_tokens;
+    /* block tuning (--tune block): blocks tuned, blocks whose tuned values were
+       kept (the others got their untuned values back), seconds spent, and the
+       calibration MSE of the blocks' outputs summed over blocks before / after */
+    int tuned_blocks, tuned_blocks_kept;
+    double tune_seconds, tune_loss_before, tune_loss_after;
 } spqr_quant_summary;
 
 /* Quantize every linear layer of m (a model loaded from a Hugging Face

@@ -215,9 +215,12 @@ static void test_bad_options(void **s) {
     assert_int_equal(spqr_qopt_set(q, &p, "clusters", "16777217"), SPQR_ERR_INVALID_ARG);
     assert_int_equal(spqr_qopt_set(q, &p, "cluster-algo", "dbscan"), SPQR_ERR_INVALID_ARG);
     assert_int_equal(spqr_qopt_set(q, &p, "tune", "block"), SPQR_OK);
-    p.n = 16;
-    assert_int_equal(q->validate(&p, 64, 64), SPQR_ERR_UNSUPPORTED);
-    assert_non_null(strstr(spqr_last_error(), "block"));
+    assert_int_equal(spqr_quantizer_needs(q, &p), SPQR_QNEED_BLOCK); /* no Hessian: k-means then block tuning */
+    assert_int_equal(spqr_qopt_set(q, &p, "tune", "layer+block"), SPQR_OK);
+    assert_int_equal(spqr_quantizer_needs(q, &p), SPQR_QNEED_BLOCK | SPQR_QNEED_HESSIAN);
+    assert_int_equal(spqr_qopt_set(q, &p, "tune-lr", "-1"), SPQR_ERR_INVALID_ARG);
+    assert_int_equal(spqr_qopt_set(q, &p, "tune-epochs", "-1"), SPQR_ERR_INVALID_ARG);
+    assert_int_equal(spqr_qopt_set(q, &p, "tune-schedule", "linear"), SPQR_ERR_INVALID_ARG);
     q->defaults(&p);
     p.n = 1024;
     assert_int_equal(q->validate(&p, 64, 64), SPQR_OK); /* 16 x 64 = 1024 sub-vectors at d = 4 */

@@ -165,7 +165,7 @@ static spqr_status i8_quantize(const void *params, const float *W, int rows, int
 static int g_hook_calls;
 static double g_hook_mse;
 /* the block hook: measure how far the compressed block is from its target */
-static spqr_status i8_tune(const void *params, const spqr_block_ctx *ctx) {
+static spqr_status i8_tune(const void *params, spqr_block_ctx *ctx) {
     (void)params;
     const int D = ctx->m->cfg.dim;
     const size_t n = (size_t)ctx->nseq * ctx->seqlen * D;

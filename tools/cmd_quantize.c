@@ -38,6 +38,11 @@ typedef struct {
 static void on_progress(void *user, const spqr_quant_progress *d) {
     ui_t *ui = user;
     if (ui->quiet) return;
+    if (d->note) {
+        cli_progress_done();
+        fprintf(stderr, "block %d: %s\n", d->block + 1, d->note);
+        return;
+    }
     if (d->stage) {
         cli_progress("block %d: %s ...", d->block + 1, d->stage);
         return;

@@ -98,6 +98,12 @@ typedef struct spqr_qformat {
      * G = dL/dW [rows][cols] (original column order, W as dequantize()
      * defines it). */
     void (*train_grad)(const void *payload, const float *G, float *g);
+    /* Optional: s[train_count] = a typical magnitude of each value (e.g. the
+     * RMS of its kind in this layer). The tuner then takes optimizer steps
+     * relative to it, so one learning rate suits values of very different
+     * sizes (SpQR's second-level scales ~1e-3 beside zero points ~4). NULL:
+     * absolute steps (ClusComp's codebooks, as its authors train them). */
+    void (*train_scale)(const void *payload, float *s);
 } spqr_qformat;
 
 /* ---- registry -------------------------------------------------------------

@@ -65,13 +65,6 @@ spqr_status spqr_mwriter_open(const char *path, const spqr_model *m, spqr_mwrite
     if (!head) st = spqr_fail(SPQR_ERR_UNSUPPORTED, "a compressed output head cannot be written yet");
     else if (head->data != m->tok_emb.data)
         st = add_tensor2(w->cw, "output", head->dt, c->vocab_size, c->dim, head->data);
-    for (int l = 0; l < c->n_layers && !st; l++) {
-        char name[64];
-        snprintf(name, sizeof name, "blk.%d.attn_norm", l);
-        st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, c->dim, m->blocks[l].attn_norm);
-        snprintf(name, sizeof name, "blk.%d.ffn_norm", l);
-        if (!st) st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, c->dim, m->blocks[l].ffn_norm);
-    }
     if (st) {
         spqr_mwriter_abort(w);
         return st;
@@ -128,6 +121,18 @@ spqr_status spqr_mwriter_add_linear(spqr_mwriter *w, int block, int which, const
 
 spqr_status spqr_mwriter_finish(spqr_mwriter *w, const char *provenance_json) {
     const spqr_config *c = &w->m->cfg;
+    /* the blocks' norms as they are now (block tuning may have retrained them) */
+    for (int l = 0; l < c->n_layers; l++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.attn_norm", l);
+        spqr_status st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, c->dim, w->m->blocks[l].attn_norm);
+        snprintf(name, sizeof name, "blk.%d.ffn_norm", l);
+        if (!st) st = add_tensor2(w->cw, name, SPQR_DT_F32, 1, c->dim, w->m->blocks[l].ffn_norm);
+        if (st) {
+            spqr_mwriter_abort(w);
+            return st;
+        }
+    }
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "spqr-model");
     cJSON_AddNumberToObject(root, "model_format_version", SPQR_MODEL_FORMAT_VERSION);

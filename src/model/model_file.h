@@ -9,7 +9,8 @@
 typedef struct spqr_mwriter spqr_mwriter;
 
 /* Start a .spqr file for model m at path (temporary file until finish):
- * writes the tokenizer, embeddings, norms and (untied) head right away. */
+ * writes the tokenizer, embeddings, final norm and (untied) head right
+ * away; the blocks' norms go in at finish (as they are then). */
 spqr_status spqr_mwriter_open(const char *path, const spqr_model *m, spqr_mwriter **w);
 /* A linear of any format: its sections (and bias, if any); quantized
  * formats also get an entry in the "layers" metadata (name, "layout" = the

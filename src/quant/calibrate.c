@@ -117,6 +117,7 @@ typedef struct {
     spqr_quant_summary *sum;
     double formula_bits_params;
     spqr_mwriter *w;
+    int cur_block;
 } pipe_t;
 
 /* H for stage `which` of block l, from the current X. */
@@ -234,12 +235,27 @@ static spqr_status simulate(spqr_linear *l, float *w) {
     return SPQR_OK;
 }
 
+/* Progress text from a tune_block hook (quantizer.h). */
+static void pipe_say(void *user, int note, const char *text) {
+    pipe_t *p = user;
+    if (!p->o->progress) return;
+    spqr_quant_progress d;
+    memset(&d, 0, sizeof d);
+    d.block = p->cur_block;
+    d.n_blocks = p->m->cfg.n_layers;
+    if (note) d.note = text;
+    else d.stage = text;
+    d.elapsed = spqr_now() - p->t0;
+    p->o->progress(p->o->user, &d);
+}
+
 /* Quantize block l. orig: the block's original linears (kept alive by the
  * caller); on return b->lin holds the simulated (dense f32, deq) weights and
  * ql[k] the quantized layers (also written to the file). */
 static spqr_status run_block(pipe_t *p, int l, float **deq, spqr_linear *ql) {
     spqr_block *b = &p->m->blocks[l];
     spqr_status st = SPQR_OK;
+    p->cur_block = l;
     const unsigned needs = spqr_quantizer_needs(p->o->method, p->o->params);
     const bool tune = (needs & SPQR_QNEED_BLOCK) && p->X;
     if (tune && p->Xfp) st = forward_stream(p, l, p->Xfp); /* fp target, original weights */
@@ -268,8 +284,15 @@ static spqr_status run_block(pipe_t *p, int l, float **deq, spqr_linear *ql) {
         spqr_linear sim[SPQR_LIN_PER_BLOCK];
         memcpy(sim, b->lin, sizeof sim);
         memcpy(b->lin, ql, sizeof sim);
-        spqr_block_ctx ctx = {p->m, l, p->X, p->Xfp, p->N, p->S};
+        spqr_block_ctx ctx = {p->m, l, p->X, p->Xfp, p->N, p->S, p->o->seed, pipe_say, p, 0, 0, 0, 0, 0};
         st = p->o->method->tune_block(p->o->params, &ctx);
+        if (!st && ctx.tuned) {
+            p->sum->tuned_blocks++;
+            p->sum->tuned_blocks_kept += ctx.kept;
+            p->sum->tune_seconds += ctx.tune_seconds;
+            p->sum->tune_loss_before += ctx.loss_before;
+            p->sum->tune_loss_after += ctx.kept ? ctx.loss_after : ctx.loss_before;
+        }
         memcpy(ql, b->lin, sizeof sim);
         memcpy(b->lin, sim, sizeof sim);
         /* the simulated weights follow what the hook left */

@@ -73,6 +73,13 @@ typedef struct spqr_block_ctx {
     const float *X_in;    /* [nseq*seqlen][dim] inputs from the compressed blocks */
     const float *Y_ref;   /* [nseq*seqlen][dim] fp block output on fp inputs      */
     int nseq, seqlen;
+    uint64_t seed;        /* --seed                                               */
+    /* progress: a transient stage text (note == 0) or a message to keep (1) */
+    void (*say)(void *pipe, int note, const char *text);
+    void *pipe;
+    /* filled by the hook: what block tuning did (quant/block_tune.h) */
+    int tuned, kept;
+    double tune_seconds, loss_before, loss_after;
 } spqr_block_ctx;
 
 typedef struct spqr_quantizer {
@@ -99,7 +106,7 @@ typedef struct spqr_quantizer {
                                   const spqr_qlayer_ctx *ctx, const spqr_qformat **fmt, void **payload,
                                   float *committed, spqr_qlayer_report *rep);
     /* Optional block-level hook (see above). */
-    spqr_status (*tune_block)(const void *params, const spqr_block_ctx *ctx);
+    spqr_status (*tune_block)(const void *params, spqr_block_ctx *ctx);
     /* Add the method's parameters to a provenance JSON object. */
     spqr_status (*provenance)(const void *params, cJSON *obj);
 } spqr_quantizer;

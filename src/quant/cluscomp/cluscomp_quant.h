@@ -4,9 +4,18 @@
 #define SPQR_CLUSCOMP_QUANT_H
 
 #include "../../util/common.h"
+#include "../block_tune.h"
 #include "cluster.h"
 
-typedef enum { SPQR_CC_TUNE_NONE = 0, SPQR_CC_TUNE_LAYER = 1, SPQR_CC_TUNE_BLOCK = 2 } spqr_cc_tune;
+/* --tune: none; layer (tune_layer.c); block (the block tuner, train/tune.h,
+ * from the clustered codebooks, as the authors); layer+block (the block
+ * tuner from the layer-tuned codebooks) */
+typedef enum {
+    SPQR_CC_TUNE_NONE = 0,
+    SPQR_CC_TUNE_LAYER = 1,
+    SPQR_CC_TUNE_BLOCK = 2,
+    SPQR_CC_TUNE_LAYER_BLOCK = 3
+} spqr_cc_tune;
 
 typedef struct spqr_cc_params {
     int d;          /* --cluster-dim: sub-vector length along the output dim */
@@ -16,6 +25,7 @@ typedef struct spqr_cc_params {
     int iters;      /* --cluster-iters: Lloyd / EM iterations               */
     int tune;       /* --tune: spqr_cc_tune                                 */
     int tune_iters; /* --tune-iters: conjugate-gradient steps of layer tuning */
+    spqr_btune_params bt; /* --tune-epochs, --tune-lr, ... of block tuning   */
 } spqr_cc_params;
 
 typedef struct spqr_cc_tune_report {

@@ -25,12 +25,16 @@ static const spqr_qopt k_opts[] = {
     {"cluster-init", SPQR_QOPT_CHOICE, CP(init), 0, 0, "random|kmeans++",
      "k-means seeding: random points (the authors') or kmeans++ (random)", NULL},
     {"cluster-iters", SPQR_QOPT_INT, CP(iters), 0, 1000, NULL, "Lloyd / EM iterations (20)", NULL},
-    {"tune", SPQR_QOPT_CHOICE, CP(tune), 0, 0, "none|layer|block",
-     "codebook tuning: none; layer = exact minimum of each layer's Hessian-weighted output error (calibration "
-     "data); block = needs the block-tuning engine, not built yet (layer)",
+    {"tune", SPQR_QOPT_CHOICE, CP(tune), 0, 0, "none|layer|block|layer+block",
+     "codebook tuning: none; layer = exact minimum of each layer's Hessian-weighted output error; block = AdamW "
+     "on the codebooks so each block reproduces the fp block's output (the authors'); layer+block = block tuning "
+     "from the layer-tuned codebooks (layer)",
      NULL},
     {"tune-iters", SPQR_QOPT_INT, CP(tune_iters), 0, 100000, NULL,
      "conjugate-gradient steps of layer tuning (50)", NULL},
+    SPQR_BTUNE_OPTIONS(spqr_cc_params, bt, "block tuning: epochs over the calibration windows (20)",
+                       "block tuning: AdamW learning rate (5e-3)", "block tuning: AdamW weight decay (0.1)",
+                       "block tuning: also retrain the blocks' RMSNorm weights (no)"),
 };
 #define N_OPTS ((int)(sizeof k_opts / sizeof *k_opts))
 
@@ -42,7 +46,8 @@ static void defaults(void *params) {
                           .init = SPQR_CLUSTER_INIT_RANDOM,
                           .iters = 20,
                           .tune = SPQR_CC_TUNE_LAYER,
-                          .tune_iters = 50};
+                          .tune_iters = 50,
+                          .bt = {.epochs = 20, .lr = 5e-3, .wd = 0.1, .batch = 1}};
 }
 
 static spqr_status validate(const void *params, int rows, int cols) {
@@ -61,17 +66,22 @@ static spqr_status validate(const void *params, int rows, int cols) {
         return spqr_fail(SPQR_ERR_INVALID_ARG,
                          "--clusters %d is more than the %lld sub-vectors of a %dx%d layer at --cluster-dim %d", p->n,
                          (long long)nsub, rows, cols, p->d);
-    if (p->tune == SPQR_CC_TUNE_BLOCK)
-        return spqr_fail(SPQR_ERR_UNSUPPORTED,
-                         "--tune block needs the block-tuning engine, which this build does not have yet; use "
-                         "--tune layer or none");
     if (p->iters < 0 || p->tune_iters < 0) return spqr_fail(SPQR_ERR_INVALID_ARG, "iteration counts must be >= 0");
     return SPQR_OK;
 }
 
 static unsigned needs_of(const void *params) {
     const spqr_cc_params *p = params;
-    return p->tune == SPQR_CC_TUNE_NONE ? 0u : (unsigned)SPQR_QNEED_HESSIAN;
+    unsigned need = 0;
+    if (p->tune == SPQR_CC_TUNE_LAYER || p->tune == SPQR_CC_TUNE_LAYER_BLOCK) need |= SPQR_QNEED_HESSIAN;
+    if (p->tune == SPQR_CC_TUNE_BLOCK || p->tune == SPQR_CC_TUNE_LAYER_BLOCK) need |= SPQR_QNEED_BLOCK;
+    return need;
+}
+
+static spqr_status tune_block(const void *params, spqr_block_ctx *ctx) {
+    const spqr_cc_params *p = params;
+    if (p->tune != SPQR_CC_TUNE_BLOCK && p->tune != SPQR_CC_TUNE_LAYER_BLOCK) return SPQR_OK;
+    return spqr_btune_run(&p->bt, ctx);
 }
 
 /* splitmix64: a layer's clustering seed from the run's seed and its place */
@@ -113,7 +123,7 @@ static spqr_status quantize_layer(const void *params, const float *W, int rows, 
     if (st) goto done;
     free(X);
     X = NULL;
-    if (p->tune == SPQR_CC_TUNE_LAYER) {
+    if (p->tune == SPQR_CC_TUNE_LAYER || p->tune == SPQR_CC_TUNE_LAYER_BLOCK) {
         if (!H) {
             st = spqr_fail(SPQR_ERR_INVALID_ARG, "--tune layer needs calibration data (a Hessian)");
             goto done;
@@ -154,14 +164,15 @@ static spqr_status provenance(const void *params, cJSON *o) {
     const spqr_cc_params *p = params;
     static const char *const algo[] = {"kmeans", "hierarchical", "gmm"};
     static const char *const init[] = {"random", "kmeans++"};
-    static const char *const tune[] = {"none", "layer", "block"};
+    static const char *const tune[] = {"none", "layer", "block", "layer+block"};
     bool ok = cJSON_AddNumberToObject(o, "cluster_dim", p->d) && cJSON_AddNumberToObject(o, "clusters", p->n) &&
               cJSON_AddStringToObject(o, "cluster_algo", algo[p->algo]) &&
               cJSON_AddStringToObject(o, "cluster_init", init[p->init]) &&
               cJSON_AddNumberToObject(o, "cluster_iters", p->iters) &&
               cJSON_AddStringToObject(o, "tune", tune[p->tune]) &&
               cJSON_AddNumberToObject(o, "tune_iters", p->tune_iters) &&
-              cJSON_AddStringToObject(o, "codebook_scope", "matrix");
+              cJSON_AddStringToObject(o, "codebook_scope", "matrix") &&
+              (p->tune < SPQR_CC_TUNE_BLOCK || spqr_btune_provenance(&p->bt, o));
     return ok ? SPQR_OK : spqr_fail(SPQR_ERR_NOMEM, "out of memory");
 }
 
@@ -176,5 +187,6 @@ const spqr_quantizer spqr_quantizer_cluscomp = {
     .needs = SPQR_QNEED_HESSIAN,
     .needs_of = needs_of,
     .quantize_layer = quantize_layer,
+    .tune_block = tune_block,
     .provenance = provenance,
 };

@@ -44,7 +44,14 @@ static spqr_status set_tau_other(void *p, double v) {
         {"perm", SPQR_QOPT_CHOICE, 0, 0, 0, "act-order|identity", "column order: act-order or identity (act-order; rtn always identity)",        \
          set_perm},                                                                                                  \
         {"percdamp", SPQR_QOPT_DOUBLE, QP(percdamp), 0, 1, NULL, "Hessian dampening, fraction of mean diag (0.01)", \
-         NULL}
+         NULL},                                                                                                      \
+        {"tune", SPQR_QOPT_CHOICE, QP(tune), 0, 0, "none|block",                                                     \
+         "block tuning of the 16-bit values (statistics, outliers, RMSNorms), codes fixed: none or block (none)",    \
+         NULL},                                                                                                      \
+        SPQR_BTUNE_OPTIONS(spqr_qparams, bt, "block tuning: epochs over the calibration windows (20)",              \
+                           "block tuning: AdamW learning rate, relative to each value's magnitude (1e-3)",          \
+                           "block tuning: AdamW weight decay (0)",                                                  \
+                           "block tuning: also retrain the blocks' RMSNorm weights (yes)")
 
 static const spqr_qopt k_opts_spqr[] = {
     COMMON_OPTIONS("16", "16"),
@@ -66,6 +73,16 @@ static void def_spqr(void *p) { spqr_qparams_default(p, SPQR_METHOD_SPQR); }
 static spqr_status validate(const void *p, int rows, int cols) {
     (void)rows;
     return spqr_qparams_validate(p, cols);
+}
+
+static unsigned needs_of(const void *params) {
+    const spqr_qparams *q = params;
+    return (q->method == SPQR_METHOD_RTN ? 0u : (unsigned)SPQR_QNEED_HESSIAN) | (q->tune ? (unsigned)SPQR_QNEED_BLOCK : 0u);
+}
+
+static spqr_status tune_block(const void *params, spqr_block_ctx *ctx) {
+    const spqr_qparams *q = params;
+    return q->tune ? spqr_btune_run(&q->bt, ctx) : SPQR_OK;
 }
 
 static spqr_status quantize_layer(const void *params, const float *W, int rows, int cols, const double *H,
@@ -102,6 +119,8 @@ static spqr_status provenance(const void *params, cJSON *o) {
     ok &= cJSON_AddStringToObject(o, "perm", q->act_order ? "act-order" : "identity") != NULL;
     ok &= cJSON_AddNumberToObject(o, "percdamp", q->percdamp) != NULL;
     ok &= cJSON_AddNumberToObject(o, "blocksize", q->blocksize) != NULL;
+    ok &= cJSON_AddStringToObject(o, "tune", q->tune ? "block" : "none") != NULL;
+    if (q->tune) ok &= spqr_btune_provenance(&q->bt, o);
     return ok ? SPQR_OK : spqr_fail(SPQR_ERR_NOMEM, "out of memory");
 }
 
@@ -111,17 +130,17 @@ const spqr_quantizer spqr_quantizer_rtn = {
     .name = "rtn", .summary = "round to nearest on a min-max grid per group (no calibration)",
     .options = k_opts_other, .n_options = N_OPTS(k_opts_other), .params_size = sizeof(spqr_qparams),
     .defaults = def_rtn, .validate = validate, .needs = 0, .quantize_layer = quantize_layer,
-    .provenance = provenance,
+    .needs_of = needs_of, .tune_block = tune_block, .provenance = provenance,
 };
 const spqr_quantizer spqr_quantizer_gptq = {
     .name = "gptq", .summary = "GPTQ: error feedback through the inverse Hessian (Frantar et al. 2023)",
     .options = k_opts_other, .n_options = N_OPTS(k_opts_other), .params_size = sizeof(spqr_qparams),
     .defaults = def_gptq, .validate = validate, .needs = SPQR_QNEED_HESSIAN, .quantize_layer = quantize_layer,
-    .provenance = provenance,
+    .needs_of = needs_of, .tune_block = tune_block, .provenance = provenance,
 };
 const spqr_quantizer spqr_quantizer_spqr = {
     .name = "spqr", .summary = "SpQR: small groups, bilevel 3-bit statistics, fp16 outliers (Dettmers et al. 2024)",
     .options = k_opts_spqr, .n_options = N_OPTS(k_opts_spqr), .params_size = sizeof(spqr_qparams),
     .defaults = def_spqr, .validate = validate, .needs = SPQR_QNEED_HESSIAN, .quantize_layer = quantize_layer,
-    .provenance = provenance,
+    .needs_of = needs_of, .tune_block = tune_block, .provenance = provenance,
 };

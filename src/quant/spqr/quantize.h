@@ -3,6 +3,7 @@
 #define SPQR_QUANTIZE_H
 
 #include "../../formats/spqr/qlayer.h"
+#include "../block_tune.h"
 #include "../quantizer.h"
 
 typedef enum spqr_qmethod {
@@ -22,6 +23,9 @@ typedef struct spqr_qparams {
     int act_order;         /* 1: permute columns by descending diag(H)       */
     double percdamp;       /* dampening, fraction of mean diag(H) (0.01)     */
     int blocksize;         /* GPTQ lazy-batch block (128)                    */
+    int tune;              /* --tune none|block: retrain the 16-bit values of
+                              each block (statistics, outliers, norms)        */
+    spqr_btune_params bt;  /* --tune-epochs, --tune-lr, ...                  */
 } spqr_qparams;
 
 /* Defaults. SpQR: the paper's near-lossless group sizes and bits (bw=4,
