@@ -30,6 +30,7 @@
 #include "kernels/cpu/cpu.h"
 #include "model/model.h"
 #include "model/model_file.h"
+#include "train_check.h"
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -742,6 +743,125 @@ static void test_model_roundtrip(void **state) {
     spqr_model_free(m);
 }
 
+/* ---- training hooks (train_check.h states the tolerances) ---------------------------- */
+
+static const shape k_train_shapes[] = {
+    {7, 5, 4, 3},   {13, 33, 3, 5},  {50, 20, 33, 17}, {31, 45, 12, 33}, {1, 1, 1, 1},
+    {9, 9, 5, 9},   {40, 1031, 8, 300}, {257, 129, 4, 100}, {130, 40, 16, 5000}, {70, 129, 20, 257},
+};
+
+/* dL/dC by a direct double loop over the definition */
+static void naive_grad(const spqr_cc_layer *L, const float *G, double *g) {
+    memset(g, 0, sizeof(double) * (size_t)L->n * L->d);
+    for (int b = 0; b < L->nb; b++)
+        for (int t = 0; t < L->d && b * L->d + t < L->rows; t++)
+            for (int j = 0; j < L->cols; j++)
+                g[(size_t)spqr_cc_index(L, b, j) * L->d + t] += G[(size_t)(b * L->d + t) * L->cols + j];
+}
+
+static void test_train_hooks(void **state) {
+    (void)state;
+    tu_seed(51);
+    const spqr_qformat *f = &spqr_qformat_cluscomp;
+    for (size_t k = 0; k < sizeof k_train_shapes / sizeof *k_train_shapes; k++) {
+        const shape *s = &k_train_shapes[k];
+        spqr_cc_layer *L = rand_layer(s->rows, s->cols, s->d, s->n);
+        assert_int_equal(f->train_count(L), (size_t)s->n * s->d);
+        tc_roundtrip(f, L, s->rows, s->cols);
+        /* the gradient against a direct double sum: |g - ref| <= 1e-6 * sum |G| of the entry */
+        const size_t nd = (size_t)s->n * s->d, RC = (size_t)s->rows * s->cols;
+        float *G = xmalloc(sizeof(float) * RC), *g = xmalloc(sizeof(float) * nd);
+        double *ref = xmalloc(sizeof(double) * nd), *mag = xmalloc(sizeof(double) * nd);
+        for (size_t i = 0; i < RC; i++) G[i] = tu_rand_normal();
+        float *absG = xmalloc(sizeof(float) * RC);
+        for (size_t i = 0; i < RC; i++) absG[i] = fabsf(G[i]);
+        naive_grad(L, absG, mag);
+        naive_grad(L, G, ref);
+        memset(g, 0, sizeof(float) * nd);
+        f->train_grad(L, G, g);
+        for (size_t i = 0; i < nd; i++)
+            if (!(fabs(g[i] - ref[i]) <= 1e-6 * mag[i] + fabs(ref[i]) * 6e-8)) {
+                fprintf(stderr, "%dx%d d%d n%d: g[%zu] = %.9g, ref %.9g\n", s->rows, s->cols, s->d, s->n, i,
+                        (double)g[i], ref[i]);
+                fail();
+            }
+        free(G); free(g); free(ref); free(mag); free(absG);
+        tc_grad_fd(f, L, s->rows, s->cols, 40);
+        float *th = tc_perturb(f, L);
+        /* cb32 follows the stored fp16 codebook */
+        for (size_t i = 0; i < nd; i++) assert_true(L->cb32[i] == spqr_f16_to_f32(L->codebook[i]) && L->cb32[i] == th[i]);
+        for (int i = 0; i < SPQR_CC_CB_PAD; i++) assert_true(L->cb32[nd + i] == 0.0f);
+        tc_kernels(f, L, s->rows, s->cols, 2e-5);
+        tc_rejects(f, L, s->rows, s->cols);
+        free(th);
+        spqr_cc_layer_free(L);
+    }
+    assert_null(spqr_qformat_dense.train_count); /* dense: nothing to train */
+}
+
+/* A layer opened from a file borrows the mapped codebook: train_set copies
+ * it (the file's bytes stay as written) and the kernels see the new values. */
+static void test_train_borrowed(void **state) {
+    (void)state;
+    tu_seed(53);
+    const spqr_qformat *f = &spqr_qformat_cluscomp;
+    const shape sh[] = {{13, 33, 3, 5}, {40, 1031, 8, 300}};
+    for (size_t k = 0; k < 2; k++) {
+        const shape *s = &sh[k];
+        spqr_cc_layer *L = rand_layer(s->rows, s->cols, s->d, s->n);
+        char path[4200];
+        snprintf(path, sizeof path, "%s/cctrain%zu.spqr", tu_tmpdir(), k);
+        spqr_cwriter *w = NULL;
+        assert_int_equal(spqr_cwriter_open(path, &w), SPQR_OK);
+        spqr_qsection sec[SPQR_QFORMAT_MAX_SECTIONS];
+        const int n = f->sections(L, sec, SPQR_QFORMAT_MAX_SECTIONS);
+        for (int i = 0; i < n; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "L.%s", sec[i].name);
+            uint64_t dd = sec[i].bytes / spqr_dtype_size(sec[i].dtype);
+            assert_int_equal(spqr_cwriter_add(w, name, sec[i].dtype, 1, &dd, sec[i].data, sec[i].bytes), SPQR_OK);
+        }
+        assert_int_equal(spqr_cwriter_set_metadata(w, "{}"), SPQR_OK);
+        assert_int_equal(spqr_cwriter_finish(w), SPQR_OK);
+        spqr_container *c = NULL;
+        assert_int_equal(spqr_container_open(path, &c), SPQR_OK);
+        find_ctx fc = {c, "L"};
+        cJSON *g = geometry_of(L);
+        void *back = NULL;
+        assert_int_equal(f->open(g, s->rows, s->cols, find_sec, &fc, &back), SPQR_OK);
+        spqr_cc_layer *B = back;
+        assert_null(B->own_cb);
+        const uint16_t *mapped = B->codebook;
+        /* a refused set copies nothing */
+        const size_t nd = (size_t)s->n * s->d;
+        float *bad = xmalloc(sizeof(float) * nd);
+        f->train_get(B, bad);
+        bad[nd / 2] = NAN;
+        assert_int_equal(f->train_set(B, bad), SPQR_ERR_NUMERIC);
+        assert_ptr_equal(B->codebook, mapped);
+        free(bad);
+        tc_roundtrip(f, B, s->rows, s->cols); /* copies the codebook */
+        float *th = tc_perturb(f, B);
+        assert_non_null(B->own_cb);
+        assert_ptr_equal(B->codebook, B->own_cb);
+        /* the mapped section still holds the written codebook */
+        assert_memory_equal(mapped, L->codebook, nd * sizeof(uint16_t));
+        /* the same theta on the owned layer: identical weights and products */
+        tc_set_ok(f, L, th);
+        same_sections(L, B);
+        const size_t RC = (size_t)s->rows * s->cols;
+        float *wa = tc_deq(f, L, s->rows, s->cols), *wb = tc_deq(f, B, s->rows, s->cols);
+        assert_memory_equal(wa, wb, sizeof(float) * RC);
+        tc_kernels(f, B, s->rows, s->cols, 2e-5);
+        tc_grad_fd(f, B, s->rows, s->cols, 20);
+        free(wa); free(wb); free(th);
+        f->free(back);
+        cJSON_Delete(g);
+        spqr_container_close(c);
+        spqr_cc_layer_free(L);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_index_bits_bytes), cmocka_unit_test(test_pack_roundtrip),
@@ -751,6 +871,7 @@ int main(void) {
         cmocka_unit_test(test_accounting),       cmocka_unit_test(test_build_bad_args),
         cmocka_unit_test(test_open_bad_inputs),  cmocka_unit_test(test_section_roundtrip),
         cmocka_unit_test(test_model_roundtrip),
+        cmocka_unit_test(test_train_hooks),      cmocka_unit_test(test_train_borrowed),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tu_cleanup();

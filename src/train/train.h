@@ -40,6 +40,9 @@ spqr_status spqr_ttape_new(const spqr_config *c, int nseq, int T1, spqr_ttape **
 void spqr_ttape_free(spqr_ttape *t); /* accepts NULL */
 /* Bytes a tape of this size holds (for memory reports). */
 size_t spqr_ttape_bytes(const spqr_config *c, int nseq, int T1);
+/* Bytes spqr_tblock_backward allocates for its own use while it runs (the
+ * gradients of the activations and the attention scratch of every thread). */
+size_t spqr_tblock_work_bytes(const spqr_config *c, int nseq, int T1);
 
 /* Y[nseq*T1][dim] = block(X) for nseq independent sequences at positions
  * 0..T1-1 (X and Y may not alias); tape (sized for at least nseq x T1, or

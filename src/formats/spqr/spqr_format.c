@@ -161,6 +161,185 @@ static spqr_status s_cuda_gemm(const void *dev, const float *dX, int T, float *d
 
 static void s_cuda_free(void *dev) { spqr_cuda_qlinear_free(dev); }
 
+/* ---- training (block tuning) -------------------------------------------------
+ *
+ * theta = the fp16 values of the layer (qlayer.h's names and index order), as
+ * float32, M = ngroups * nrb, S = ngroups * rows, N = n_outliers:
+ *   bilevel (beta2 > 0):  theta[0*M + g*nrb + rb] = s2_scale, [1*M + ..] =
+ *                         s2_zero, [2*M + ..] = z2_scale, [3*M + ..] = z2_zero,
+ *                         then theta[4*M + k] = ol_val[k]      (4M + N values)
+ *   plain (beta2 == 0):   theta[g*rows + r] = scale, theta[S + g*rows + r] =
+ *                         zero, then theta[2S + k] = ol_val[k] (2S + N values)
+ * Outliers k in the stored order (by row, then permuted column). The packed
+ * payload holds exactly these fp16 values ("stats2" [NRB][NG][4], "stats"
+ * [T][NG][2][16], "ol_val"); the CPU kernels and dequantize() derive every
+ * float from them at each call, so train_set only rewrites those sections.
+ * A section borrowed from a mapped file is first replaced by an owned copy
+ * (copy-on-write). A device copy made by cuda_upload is not updated: upload
+ * again.
+ *
+ * Gradient, from qlayer.h's definition with c = code, j permuted, G read at
+ * original column perm[j], per (row r, group g): S0 = sum_j G, S1 = sum_j G c;
+ *   dL/dscale = S1 - zero S0,  dL/dzero = -scale S0
+ *   bilevel: dL/ds2_scale += dL/dscale (sc - s2_zero), dL/ds2_zero += -s2_scale dL/dscale,
+ *            dL/dz2_scale += dL/dzero (zc - z2_zero),  dL/dz2_zero += -z2_scale dL/dzero
+ *   dL/dol_val[k] = G at the outlier's position.
+ * Sums in double; rows are split over threads by whole row blocks (bilevel)
+ * or rows (plain), so every theta entry is written by one thread. */
+
+static size_t s_train_count(const void *payload) {
+    const spqr_packed *p = payload;
+    const size_t nstat = p->beta2 > 0 ? 4 * (size_t)p->ngroups * (size_t)p->nrb : 2 * (size_t)p->ngroups * (size_t)p->rows;
+    return nstat + (size_t)p->n_outliers;
+}
+
+/* Index in the packed "stats" section of (row r, group g), q = 0 scale, 1 zero. */
+static size_t stats_at(const spqr_packed *p, int64_t r, int64_t g, int q) {
+    return (size_t)((((r / SPQR_PACKED_TILE) * p->ngroups + g) * 2 + q) * SPQR_PACKED_TILE + r % SPQR_PACKED_TILE);
+}
+
+/* Call fn(theta index, packed element) for every statistic (not the outliers). */
+#define FOR_EACH_STAT(p, BODY)                                                                                     \
+    do {                                                                                                           \
+        const int64_t NG_ = (p)->ngroups, R_ = (p)->rows, NRB_ = (p)->nrb;                                         \
+        if ((p)->beta2 > 0) {                                                                                      \
+            const int64_t M_ = NG_ * NRB_;                                                                         \
+            for (int64_t g_ = 0; g_ < NG_; g_++)                                                                   \
+                for (int64_t rb_ = 0; rb_ < NRB_; rb_++)                                                           \
+                    for (int q_ = 0; q_ < 4; q_++) {                                                               \
+                        const size_t ti = (size_t)(q_ * M_ + g_ * NRB_ + rb_);                                     \
+                        const size_t pi = (size_t)((rb_ * NG_ + g_) * 4 + q_);                                     \
+                        BODY;                                                                                      \
+                    }                                                                                              \
+        } else {                                                                                                   \
+            for (int q_ = 0; q_ < 2; q_++)                                                                         \
+                for (int64_t g_ = 0; g_ < NG_; g_++)                                                               \
+                    for (int64_t r_ = 0; r_ < R_; r_++) {                                                          \
+                        const size_t ti = (size_t)(q_ * NG_ * R_ + g_ * R_ + r_);                                  \
+                        const size_t pi = stats_at((p), r_, g_, q_);                                               \
+                        BODY;                                                                                      \
+                    }                                                                                              \
+        }                                                                                                          \
+    } while (0)
+
+static void s_train_get(const void *payload, float *theta) {
+    const spqr_packed *p = payload;
+    const uint16_t *st = p->beta2 > 0 ? p->stats2 : p->stats;
+    FOR_EACH_STAT(p, theta[ti] = spqr_f16_to_f32(st[pi]));
+    const size_t off = s_train_count(p) - (size_t)p->n_outliers;
+    for (int64_t k = 0; k < p->n_outliers; k++) theta[off + (size_t)k] = spqr_f16_to_f32(p->ol_val[k]);
+}
+
+static bool owns(const spqr_packed *p, const void *a) {
+    for (int i = 0; i < SPQR_PACKED_MAX_SECTIONS; i++)
+        if (p->owned[i] && p->owned[i] == a) return true;
+    return false;
+}
+
+/* Make section *a (bytes long) owned by p: copy it when it is borrowed. */
+static spqr_status own_section(spqr_packed *p, const uint16_t **a, size_t bytes) {
+    if (bytes == 0 || owns(p, *a)) return SPQR_OK;
+    int slot = -1;
+    for (int i = 0; i < SPQR_PACKED_MAX_SECTIONS && slot < 0; i++)
+        if (!p->owned[i]) slot = i;
+    if (slot < 0) return spqr_fail(SPQR_ERR_UNSUPPORTED, "spqr train_set: no free slot to own a copied section");
+    void *c = spqr_aligned_alloc(bytes);
+    if (!c) return spqr_fail(SPQR_ERR_NOMEM, "spqr train_set: out of memory (%zu bytes)", bytes);
+    memcpy(c, *a, bytes);
+    p->owned[slot] = c;
+    *a = c;
+    return SPQR_OK;
+}
+
+static spqr_status s_train_set(void *payload, const float *theta) {
+    spqr_packed *p = payload;
+    if (!p || !theta) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr train_set: bad arguments");
+    const size_t n = s_train_count(p), nstat = n - (size_t)p->n_outliers;
+    for (size_t i = 0; i < n; i++) { /* all or nothing: check everything first */
+        const uint16_t h = spqr_f32_to_f16(theta[i]);
+        if ((h & 0x7c00u) == 0x7c00u)
+            return spqr_fail(SPQR_ERR_NUMERIC, "spqr train_set: %s %zu = %g is not finite in fp16",
+                             i < nstat ? "statistic" : "outlier value", i < nstat ? i : i - nstat, (double)theta[i]);
+    }
+    const int bilevel = p->beta2 > 0;
+    /* "stats2" is [NRB][NG][4]; "stats" [T][NG][2][16] includes the padding rows of the last tile */
+    const size_t stat_bytes = bilevel ? nstat * sizeof(uint16_t)
+                                      : (size_t)p->ntiles * (size_t)p->ngroups * 2 * SPQR_PACKED_TILE * sizeof(uint16_t);
+    spqr_status st = own_section(p, bilevel ? &p->stats2 : &p->stats, stat_bytes);
+    if (!st) st = own_section(p, &p->ol_val, (size_t)p->n_outliers * sizeof(uint16_t));
+    if (st) return st;
+    uint16_t *sw = (uint16_t *)(bilevel ? p->stats2 : p->stats);
+    FOR_EACH_STAT(p, sw[pi] = spqr_f32_to_f16(theta[ti]));
+    uint16_t *ov = (uint16_t *)p->ol_val;
+    for (int64_t k = 0; k < p->n_outliers; k++) ov[k] = spqr_f32_to_f16(theta[nstat + (size_t)k]);
+    return SPQR_OK;
+}
+
+/* S0 = sum G, S1 = sum G * code over row r's permuted columns [j0, j1). */
+static void row_group_sums(const spqr_packed *p, const float *Grow, int64_t r, int64_t j0, int64_t j1, double *S0,
+                           double *S1) {
+    const uint32_t *base = p->codes + (r / SPQR_PACKED_TILE) * p->code_words * SPQR_PACKED_TILE;
+    const int lane = (int)(r % SPQR_PACKED_TILE), B = p->wbits;
+    double s0 = 0, s1 = 0;
+    for (int64_t j = j0; j < j1; j++) {
+        const double gv = Grow[spqr_packed_idx(p->perm, p->wide, j)];
+        s0 += gv;
+        s1 += gv * (double)spqr_packed_get_bits(base, lane, j * B, B);
+    }
+    *S0 = s0;
+    *S1 = s1;
+}
+
+static void s_train_grad(const void *payload, const float *G, float *gout) {
+    const spqr_packed *p = payload;
+    const int64_t R = p->rows, C = p->cols, NG = p->ngroups, NRB = p->nrb, B1 = p->beta1;
+    const size_t nstat = s_train_count(p) - (size_t)p->n_outliers;
+    if (p->beta2 > 0) {
+        const int64_t M = NG * NRB, SZ = p->sbits + p->zbits;
+#pragma omp parallel for schedule(static) num_threads(spqr_num_threads()) if (R * C > (1 << 15))
+        for (int64_t rb = 0; rb < NRB; rb++) {
+            const int64_t r0 = rb * p->beta2, r1 = r0 + p->beta2 < R ? r0 + p->beta2 : R;
+            for (int64_t g = 0; g < NG; g++) {
+                const uint16_t *e = p->stats2 + (rb * NG + g) * 4;
+                const float s2s = spqr_f16_to_f32(e[0]), s2z = spqr_f16_to_f32(e[1]);
+                const float z2s = spqr_f16_to_f32(e[2]), z2z = spqr_f16_to_f32(e[3]);
+                const int64_t j0 = g * B1, j1 = j0 + B1 < C ? j0 + B1 : C;
+                double a[4] = {0, 0, 0, 0};
+                for (int64_t r = r0; r < r1; r++) {
+                    double S0, S1;
+                    row_group_sums(p, G + (size_t)(r * C), r, j0, j1, &S0, &S1);
+                    const uint32_t v = spqr_packed_get_bits(
+                        p->stat_codes + (r / SPQR_PACKED_TILE) * p->stat_words * SPQR_PACKED_TILE,
+                        (int)(r % SPQR_PACKED_TILE), g * SZ, (int)SZ);
+                    const float sc = (float)(v & ((1u << p->sbits) - 1u)), zc = (float)(v >> p->sbits);
+                    const float scale = s2s * (sc - s2z), zero = z2s * (zc - z2z);
+                    const double dscale = S1 - (double)zero * S0, dzero = -(double)scale * S0;
+                    a[0] += dscale * ((double)sc - s2z);
+                    a[1] -= (double)s2s * dscale;
+                    a[2] += dzero * ((double)zc - z2z);
+                    a[3] -= (double)z2s * dzero;
+                }
+                for (int q = 0; q < 4; q++) gout[q * M + g * NRB + rb] += (float)a[q];
+            }
+        }
+    } else {
+#pragma omp parallel for schedule(static) num_threads(spqr_num_threads()) if (R * C > (1 << 15))
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t g = 0; g < NG; g++) {
+                const float scale = spqr_f16_to_f32(p->stats[stats_at(p, r, g, 0)]);
+                const float zero = spqr_f16_to_f32(p->stats[stats_at(p, r, g, 1)]);
+                const int64_t j0 = g * B1, j1 = j0 + B1 < C ? j0 + B1 : C;
+                double S0, S1;
+                row_group_sums(p, G + (size_t)(r * C), r, j0, j1, &S0, &S1);
+                gout[g * R + r] += (float)(S1 - (double)zero * S0);
+                gout[NG * R + g * R + r] += (float)(-(double)scale * S0);
+            }
+    }
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t k = p->ol_row_ptr[r]; k < p->ol_row_ptr[r + 1]; k++)
+            gout[nstat + (size_t)k] += G[(size_t)(r * C) + spqr_packed_idx(p->perm, p->wide, spqr_packed_idx(p->ol_col, p->wide, k))];
+}
+
 const spqr_qformat spqr_qformat_spqr = {
     .name = "spqr",
     .summary = "SpQR: bit-packed codes, bilevel or fp16 group statistics, fp16 outliers (packed.h)",
@@ -180,4 +359,8 @@ const spqr_qformat spqr_qformat_spqr = {
     .cuda_upload = s_cuda_upload,
     .cuda_gemm = s_cuda_gemm,
     .cuda_free = s_cuda_free,
+    .train_count = s_train_count,
+    .train_get = s_train_get,
+    .train_set = s_train_set,
+    .train_grad = s_train_grad,
 };

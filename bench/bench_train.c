@@ -1,0 +1,120 @@
+/* bench_train.c - forward + backward of one LLaMA block in float32
+ * (train/train.h) on random weights.
+ *
+ *   bench_train [small|7b] [T] [nseq] [reps]
+ *
+ * small: the ref-40m block (dim 512, hidden 1408, 8 heads / 4 kv heads of
+ * 64, T = 512); 7b: a LLaMA-7B block (4096, 11008, 32 / 32 heads of 128,
+ * T = 2048). Prints the best of `reps` runs (after one warm-up run for
+ * small): ms per window of nseq x T tokens for the forward (with tape) and
+ * the backward, GFLOP/s (attention counted as the full T x T products the
+ * code computes), and the memory: tape, backward workspace, weights+grads. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train/train.h"
+#include "util/common.h"
+
+static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
+static float urand(void) { /* xorshift64*, uniform in [-1, 1) */
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (float)((g_rng * 2685821657736338717ull) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+static float *rand_array(size_t n, float scale) {
+    float *p = spqr_malloc_array(n, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu floats)\n", n);
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++) p[i] = scale * urand();
+    return p;
+}
+
+static double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+int main(int argc, char **argv) {
+    const char *which = argc > 1 ? argv[1] : "small";
+    spqr_config c = {0};
+    int T1;
+    if (!strcmp(which, "small")) {
+        c = (spqr_config){.dim = 512, .hidden_dim = 1408, .n_heads = 8, .n_kv_heads = 4, .head_dim = 64};
+        T1 = 512;
+    } else if (!strcmp(which, "7b")) {
+        c = (spqr_config){.dim = 4096, .hidden_dim = 11008, .n_heads = 32, .n_kv_heads = 32, .head_dim = 128};
+        T1 = 2048;
+    } else {
+        fprintf(stderr, "usage: bench_train [small|7b] [T] [nseq] [reps]\n");
+        return 2;
+    }
+    c.n_layers = 1;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.vocab_size = 32000;
+    if (argc > 2) T1 = atoi(argv[2]);
+    int nseq = argc > 3 ? atoi(argv[3]) : 1;
+    int reps = argc > 4 ? atoi(argv[4]) : (!strcmp(which, "7b") ? 1 : 5);
+    c.max_seq_len = T1;
+    if (T1 <= 0 || nseq <= 0 || reps <= 0) {
+        fprintf(stderr, "bad T, nseq or reps\n");
+        return 2;
+    }
+    const size_t N = (size_t)nseq * (size_t)T1, D = (size_t)c.dim;
+    int64_t shape[SPQR_LIN_PER_BLOCK][2];
+    spqr_linear_shapes(&c, shape);
+
+    spqr_tblock b = {0};
+    spqr_tgrads g = {0};
+    float *norms = rand_array(2 * D, 0.1f), *gn = calloc(2 * D, sizeof(float));
+    for (size_t i = 0; i < 2 * D; i++) norms[i] += 1.0f;
+    b.attn_norm = norms;
+    b.ffn_norm = norms + D;
+    g.attn_norm = gn;
+    g.ffn_norm = gn + D;
+    double params = 0.0;
+    for (int l = 0; l < SPQR_LIN_PER_BLOCK; l++) {
+        size_t n = (size_t)(shape[l][0] * shape[l][1]);
+        b.W[l] = rand_array(n, sqrtf(3.0f / (float)shape[l][1]));
+        g.W[l] = calloc(n, sizeof(float));
+        if (!g.W[l]) return fprintf(stderr, "out of memory\n"), 1;
+        params += (double)n;
+    }
+    float *X = rand_array(N * D, 1.0f), *Y = rand_array(N * D, 0.0f), *dY = rand_array(N * D, 1.0f);
+    float *dX = rand_array(N * D, 0.0f);
+    spqr_ttape *tape;
+    if (spqr_ttape_new(&c, nseq, T1, &tape)) return fprintf(stderr, "%s\n", spqr_last_error()), 1;
+
+    double qd = (double)c.n_heads * c.head_dim, T2 = (double)T1 * T1 * nseq;
+    double fwd_flop = 2.0 * (double)N * params + 4.0 * T2 * qd;
+    double bwd_flop = 4.0 * (double)N * params + 10.0 * T2 * qd;
+    double best_f = 1e30, best_b = 1e30;
+    for (int r = (!strcmp(which, "7b") ? 0 : -1); r < reps; r++) {
+        double t0 = spqr_now();
+        if (spqr_tblock_forward(&c, &b, X, nseq, T1, Y, tape)) return fprintf(stderr, "%s\n", spqr_last_error()), 1;
+        double t1 = spqr_now();
+        if (spqr_tblock_backward(&c, &b, tape, dY, dX, &g)) return fprintf(stderr, "%s\n", spqr_last_error()), 1;
+        double t2 = spqr_now();
+        if (r < 0) continue; /* warm-up */
+        best_f = fmin(best_f, t1 - t0);
+        best_b = fmin(best_b, t2 - t1);
+    }
+    double tape_b = (double)spqr_ttape_bytes(&c, nseq, T1), work_b = (double)spqr_tblock_work_bytes(&c, nseq, T1);
+    double wg_b = 2.0 * 4.0 * (params + 2.0 * (double)D);
+    printf("block %s: dim %d hidden %d heads %d/%d hd %d, %d x %d tokens, %d threads, best of %d\n", which, c.dim,
+           c.hidden_dim, c.n_heads, c.n_kv_heads, c.head_dim, nseq, T1, spqr_num_threads(), reps);
+    printf("%-10s %12s %12s %10s\n", "pass", "ms/window", "GFLOP", "GFLOP/s");
+    printf("%-10s %12.1f %12.1f %10.1f\n", "forward", best_f * 1e3, fwd_flop * 1e-9, fwd_flop * 1e-9 / best_f);
+    printf("%-10s %12.1f %12.1f %10.1f\n", "backward", best_b * 1e3, bwd_flop * 1e-9, bwd_flop * 1e-9 / best_b);
+    printf("%-10s %12.1f %12.1f %10.1f\n", "fwd+bwd", (best_f + best_b) * 1e3, (fwd_flop + bwd_flop) * 1e-9,
+           (fwd_flop + bwd_flop) * 1e-9 / (best_f + best_b));
+    printf("memory: tape %.1f MiB, backward workspace %.1f MiB, peak activations %.1f MiB; weights+grads %.1f MiB\n",
+           mib(tape_b), mib(work_b), mib(tape_b + work_b), mib(wg_b));
+    spqr_ttape_free(tape);
+    for (int l = 0; l < SPQR_LIN_PER_BLOCK; l++) free((void *)b.W[l]), free(g.W[l]);
+    free(norms), free(gn), free(X), free(Y), free(dY), free(dX);
+    return 0;
+}
