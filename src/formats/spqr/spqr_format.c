@@ -198,7 +198,8 @@ static size_t stats_at(const spqr_packed *p, int64_t r, int64_t g, int q) {
     return (size_t)((((r / SPQR_PACKED_TILE) * p->ngroups + g) * 2 + q) * SPQR_PACKED_TILE + r % SPQR_PACKED_TILE);
 }
 
-/* Call fn(theta index, packed element) for every statistic (not the outliers). */
+/* Run BODY for every statistic (not the outliers) with ti = its theta index
+ * and pi = its element of "stats2" (bilevel) or "stats" (plain). */
 #define FOR_EACH_STAT(p, BODY)                                                                                     \
     do {                                                                                                           \
         const int64_t NG_ = (p)->ngroups, R_ = (p)->rows, NRB_ = (p)->nrb;                                         \
