@@ -28,6 +28,16 @@
 #define TOK "models/stories260K/tok512.bin"
 #define TEXT "data/eval/tinystories_valid.txt"
 
+/* tu_shared returns a static buffer: load needs two paths at once */
+static spqr_model *load_stories(void) {
+    char model[4200], tok[4200];
+    snprintf(model, sizeof model, "%s", tu_shared(MODEL));
+    snprintf(tok, sizeof tok, "%s", tu_shared(TOK));
+    spqr_model *m = NULL;
+    assert_int_equal(spqr_model_load(model, tok, &m), SPQR_OK);
+    return m;
+}
+
 /* ---- AdamW ------------------------------------------------------------------ */
 
 static void test_adamw_matches_formula(void **s) {
@@ -92,7 +102,7 @@ typedef struct {
 } fixture;
 
 static void fixture_load(fixture *f) {
-    assert_int_equal(spqr_model_load(tu_shared(MODEL), tu_shared(TOK), &f->m), SPQR_OK);
+    f->m = load_stories();
     const size_t D = (size_t)f->m->cfg.dim, n = (size_t)NSEQ * SEQ;
     int32_t tok[NSEQ * SEQ];
     tu_seed(11);
@@ -254,8 +264,7 @@ static double pipeline_nll(const char *method, const char *const *opts, const ch
                            spqr_quant_summary *sum) {
     char out[4200];
     snprintf(out, sizeof out, "%s/tune-%s.spqr", tu_tmpdir(), method);
-    spqr_model *m = NULL;
-    assert_int_equal(spqr_model_load(tu_shared(MODEL), tu_shared(TOK), &m), SPQR_OK);
+    spqr_model *m = load_stories();
     const spqr_quantizer *q = spqr_quantizer_find(method);
     char params[512];
     assert_true(q->params_size <= sizeof params);
@@ -265,7 +274,9 @@ static double pipeline_nll(const char *method, const char *const *opts, const ch
     spqr_quant_opts_default(&o);
     o.method = q;
     o.params = params;
-    o.calib_path = tu_shared(TEXT);
+    char calib[4200];
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    o.calib_path = calib;
     o.nsamples = 8;
     o.seqlen = 128;
     o.out_path = out;

@@ -231,6 +231,25 @@ static void s_train_get(const void *payload, float *theta) {
     for (int64_t k = 0; k < p->n_outliers; k++) theta[off + (size_t)k] = spqr_f16_to_f32(p->ol_val[k]);
 }
 
+/* Step scale of each value: the RMS of its kind in this layer (each of the
+ * four second-level arrays, or plain scales / zeros, and the outliers), so
+ * the tuner's steps are relative to the size of what they change. */
+static void s_train_scale(const void *payload, float *s) {
+    const spqr_packed *p = payload;
+    const size_t n = s_train_count(p), nol = (size_t)p->n_outliers, nstat = n - nol;
+    const int kinds = p->beta2 > 0 ? 4 : 2;
+    const size_t per = nstat / (size_t)kinds;
+    s_train_get(p, s);
+    for (int q = 0; q <= kinds; q++) {
+        const size_t a = q < kinds ? (size_t)q * per : nstat, b = q < kinds ? a + per : n;
+        double ss = 0;
+        for (size_t i = a; i < b; i++) ss += (double)s[i] * s[i];
+        float rms = b > a ? (float)sqrt(ss / (double)(b - a)) : 0.0f;
+        if (!(rms > 1e-6f)) rms = 1e-6f;
+        for (size_t i = a; i < b; i++) s[i] = rms;
+    }
+}
+
 static bool owns(const spqr_packed *p, const void *a) {
     for (int i = 0; i < SPQR_PACKED_MAX_SECTIONS; i++)
         if (p->owned[i] && p->owned[i] == a) return true;
@@ -364,4 +383,5 @@ const spqr_qformat spqr_qformat_spqr = {
     .train_get = s_train_get,
     .train_set = s_train_set,
     .train_grad = s_train_grad,
+    .train_scale = s_train_scale,
 };
