@@ -5,8 +5,8 @@
  *
  * small: the ref-40m block (dim 512, hidden 1408, 8 heads / 4 kv heads of
  * 64, T = 512); 7b: a LLaMA-7B block (4096, 11008, 32 / 32 heads of 128,
- * T = 2048). Prints the best of `reps` runs (after one warm-up run for
- * small): ms per window of nseq x T tokens for the forward (with tape) and
+ * T = 2048). Prints the best of `reps` runs (after one warm-up run):
+ * ms per window of nseq x T tokens for the forward (with tape) and
  * the backward, GFLOP/s (attention counted as the full T x T products the
  * code computes), and the memory: tape, backward workspace, weights+grads. */
 #include <math.h>
@@ -92,7 +92,7 @@ int main(int argc, char **argv) {
     double fwd_flop = 2.0 * (double)N * params + 4.0 * T2 * qd;
     double bwd_flop = 4.0 * (double)N * params + 10.0 * T2 * qd;
     double best_f = 1e30, best_b = 1e30;
-    for (int r = (!strcmp(which, "7b") ? 0 : -1); r < reps; r++) {
+    for (int r = -1; r < reps; r++) {
         double t0 = spqr_now();
         if (spqr_tblock_forward(&c, &b, X, nseq, T1, Y, tape)) return fprintf(stderr, "%s\n", spqr_last_error()), 1;
         double t1 = spqr_now();
