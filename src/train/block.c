@@ -103,7 +103,7 @@ size_t spqr_tblock_work_bytes(const spqr_config *c, int nseq, int T1) {
     dims d = dims_of(c);
     size_t N = (size_t)nseq * (size_t)T1;
     size_t per_token = 2 * d.D + 2 * d.qd + 2 * d.kvd + 2 * d.F;
-    size_t attn = spqr_attn_bwd_scratch(T1) * (size_t)spqr_num_threads();
+    size_t attn = spqr_attn_bwd_scratch(c, T1, spqr_num_threads());
     return (N * per_token + attn) * sizeof(float);
 }
 
