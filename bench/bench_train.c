@@ -5,10 +5,13 @@
  *
  * small: the ref-40m block (dim 512, hidden 1408, 8 heads / 4 kv heads of
  * 64, T = 512); 7b: a LLaMA-7B block (4096, 11008, 32 / 32 heads of 128,
- * T = 2048). Prints the best of `reps` runs (after one warm-up run for
- * small): ms per window of nseq x T tokens for the forward (with tape) and
+ * T = 2048). Prints the best of `reps` runs (after one warm-up run):
+ * ms per window of nseq x T tokens for the forward (with tape) and
  * the backward, GFLOP/s (attention counted as the full T x T products the
- * code computes), and the memory: tape, backward workspace, weights+grads. */
+ * code computes), the rate of one plain sgemm of the gate projection's shape
+ * measured right after (the machine's rate at that moment), and the memory:
+ * tape, backward workspace, weights+grads. */
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,7 +95,7 @@ int main(int argc, char **argv) {
     double fwd_flop = 2.0 * (double)N * params + 4.0 * T2 * qd;
     double bwd_flop = 4.0 * (double)N * params + 10.0 * T2 * qd;
     double best_f = 1e30, best_b = 1e30;
-    for (int r = (!strcmp(which, "7b") ? 0 : -1); r < reps; r++) {
+    for (int r = -1; r < reps; r++) {
         double t0 = spqr_now();
         if (spqr_tblock_forward(&c, &b, X, nseq, T1, Y, tape)) return fprintf(stderr, "%s\n", spqr_last_error()), 1;
         double t1 = spqr_now();
@@ -101,6 +104,15 @@ int main(int argc, char **argv) {
         if (r < 0) continue; /* warm-up */
         best_f = fmin(best_f, t1 - t0);
         best_b = fmin(best_b, t2 - t1);
+    }
+    /* the machine's sgemm rate right now, on the gate projection's shape */
+    double best_s = 1e30, s_flop = 2.0 * (double)N * (double)c.hidden_dim * (double)D;
+    float *Cs = rand_array(N * (size_t)c.hidden_dim, 0.0f);
+    for (int r = 0; r < 3; r++) {
+        double t0 = spqr_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, c.hidden_dim, c.dim, 1.0f, X, c.dim,
+                    b.W[SPQR_LIN_GATE], c.dim, 0.0f, Cs, c.hidden_dim);
+        best_s = fmin(best_s, spqr_now() - t0);
     }
     double tape_b = (double)spqr_ttape_bytes(&c, nseq, T1), work_b = (double)spqr_tblock_work_bytes(&c, nseq, T1);
     double wg_b = 2.0 * 4.0 * (params + 2.0 * (double)D);
@@ -111,10 +123,13 @@ int main(int argc, char **argv) {
     printf("%-10s %12.1f %12.1f %10.1f\n", "backward", best_b * 1e3, bwd_flop * 1e-9, bwd_flop * 1e-9 / best_b);
     printf("%-10s %12.1f %12.1f %10.1f\n", "fwd+bwd", (best_f + best_b) * 1e3, (fwd_flop + bwd_flop) * 1e-9,
            (fwd_flop + bwd_flop) * 1e-9 / (best_f + best_b));
+    printf("%-10s %12.1f %12.1f %10.1f  (the machine's sgemm now, %zu x %d x %d; fwd+bwd at %.0f%%)\n", "sgemm",
+           best_s * 1e3, s_flop * 1e-9, s_flop * 1e-9 / best_s, N, c.hidden_dim, c.dim,
+           100.0 * (fwd_flop + bwd_flop) / (best_f + best_b) / (s_flop / best_s));
     printf("memory: tape %.1f MiB, backward workspace %.1f MiB, peak activations %.1f MiB; weights+grads %.1f MiB\n",
            mib(tape_b), mib(work_b), mib(tape_b + work_b), mib(wg_b));
     spqr_ttape_free(tape);
     for (int l = 0; l < SPQR_LIN_PER_BLOCK; l++) free((void *)b.W[l]), free(g.W[l]);
-    free(norms), free(gn), free(X), free(Y), free(dY), free(dX);
+    free(norms), free(gn), free(X), free(Y), free(dY), free(dX), free(Cs);
     return 0;
 }

@@ -9,6 +9,7 @@
  * The backward walks the same list bottom-up; the residuals copy the
  * gradient into both branches and the ops add into their gradient outputs
  * (train_ops.h). */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,7 +57,8 @@ size_t spqr_ttape_bytes(const spqr_config *c, int nseq, int T1) {
 }
 
 static spqr_status check_args(const spqr_config *c, int nseq, int T1) {
-    if (!c || nseq <= 0 || T1 <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads || c->head_dim % 2)
+    if (!c || nseq <= 0 || T1 <= 0 || (int64_t)nseq * T1 > INT_MAX || c->n_kv_heads <= 0 ||
+        c->n_heads % c->n_kv_heads || c->head_dim % 2)
         return spqr_fail(SPQR_ERR_INVALID_ARG, "train block: bad config or size (%d sequences of %d tokens)", nseq,
                          T1);
     return SPQR_OK;
@@ -103,7 +105,7 @@ size_t spqr_tblock_work_bytes(const spqr_config *c, int nseq, int T1) {
     dims d = dims_of(c);
     size_t N = (size_t)nseq * (size_t)T1;
     size_t per_token = 2 * d.D + 2 * d.qd + 2 * d.kvd + 2 * d.F;
-    size_t attn = spqr_attn_bwd_scratch(T1) * (size_t)spqr_num_threads();
+    size_t attn = spqr_attn_bwd_scratch(c, T1, spqr_num_threads());
     return (N * per_token + attn) * sizeof(float);
 }
 

@@ -176,40 +176,65 @@ spqr_status spqr_attn_fwd(const spqr_config *c, const float *Q, const float *K, 
     return SPQR_OK;
 }
 
-size_t spqr_attn_bwd_scratch(int T) { return 2 * (size_t)T * (size_t)T; }
+size_t spqr_attn_bwd_scratch(const spqr_config *c, int T, int nthreads) {
+    size_t per = 2 * (size_t)T * (size_t)T * (size_t)nthreads;
+    if (c->n_heads > c->n_kv_heads) per += 2 * (size_t)T * (size_t)c->n_heads * (size_t)c->head_dim;
+    return per;
+}
 
 spqr_status spqr_attn_bwd(const spqr_config *c, const float *Q, const float *K, const float *V, const float *dO, int T,
                           float *dQ, float *dK, float *dV) {
     const int hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads, qd = nh * hd, kvd = nkv * hd;
     const int kv_mul = nh / nkv, nthreads = spqr_num_threads();
-    const size_t per = spqr_attn_bwd_scratch(T);
+    const size_t per = 2 * (size_t)T * (size_t)T;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *scratch = spqr_malloc_array(per, sizeof(float) * (size_t)nthreads);
+    float *scratch = spqr_malloc_array(spqr_attn_bwd_scratch(c, T, nthreads), sizeof(float));
     if (!scratch) return spqr_fail(SPQR_ERR_NOMEM, "out of memory for attention backward (%d x %d)", T, T);
-    /* one kv head per task: the query heads sharing it add into its dK/dV */
+    /* one query head per task; with grouped kv heads each head writes its own
+     * dK/dV share [T][qd] (summed over the group below), else straight into
+     * dK/dV (then kvd == qd) */
+    float *gK = dK, *gV = dV;
+    if (kv_mul > 1) {
+        gK = scratch + per * (size_t)nthreads;
+        gV = gK + (size_t)T * qd;
+    }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-    for (int kvh = 0; kvh < nkv; kvh++) {
+    for (int h = 0; h < nh; h++) {
         float *P = scratch + (size_t)omp_get_thread_num() * per, *dP = P + (size_t)T * T;
+        const int kvh = h / kv_mul;
         const float *Kh = K + (size_t)kvh * hd, *Vh = V + (size_t)kvh * hd;
-        float *dKh = dK + (size_t)kvh * hd, *dVh = dV + (size_t)kvh * hd;
-        for (int t = 0; t < T; t++)
-            for (int i = 0; i < hd; i++) dKh[(size_t)t * kvd + i] = dVh[(size_t)t * kvd + i] = 0.0f;
-        for (int h = kvh * kv_mul; h < (kvh + 1) * kv_mul; h++) {
-            const float *Qh = Q + (size_t)h * hd, *dOh = dO + (size_t)h * hd;
-            attn_probs(c, Q, K, h, T, P);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dOh, qd, 1.0f, dVh, kvd);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dOh, qd, Vh, kvd, 0.0f, dP, T);
-            for (int t = 0; t < T; t++) { /* dP <- dS */
-                const float *p = P + (size_t)t * T;
-                float *d = dP + (size_t)t * T;
-                float dot = 0.0f;
-                for (int s = 0; s <= t; s++) dot += p[s] * d[s];
-                for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
-                for (int s = t + 1; s < T; s++) d[s] = 0.0f;
+        const float *Qh = Q + (size_t)h * hd, *dOh = dO + (size_t)h * hd;
+        attn_probs(c, Q, K, h, T, P);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dOh, qd, 0.0f, gV + (size_t)h * hd,
+                    qd);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dOh, qd, Vh, kvd, 0.0f, dP, T);
+        for (int t = 0; t < T; t++) { /* dP <- dS */
+            const float *p = P + (size_t)t * T;
+            float *d = dP + (size_t)t * T;
+            float dot = 0.0f;
+            for (int s = 0; s <= t; s++) dot += p[s] * d[s];
+            for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
+            for (int s = t + 1; s < T; s++) d[s] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, Kh, kvd, 0.0f,
+                    dQ + (size_t)h * hd, qd);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Qh, qd, 0.0f, gK + (size_t)h * hd,
+                    qd);
+    }
+    if (kv_mul > 1) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+        for (int t = 0; t < T; t++) {
+            for (int kvh = 0; kvh < nkv; kvh++) {
+                float *k = dK + (size_t)t * kvd + (size_t)kvh * hd, *v = dV + (size_t)t * kvd + (size_t)kvh * hd;
+                const float *pk = gK + (size_t)t * qd + (size_t)kvh * kv_mul * hd;
+                const float *pv = gV + (size_t)t * qd + (size_t)kvh * kv_mul * hd;
+                for (int i = 0; i < hd; i++) k[i] = v[i] = 0.0f;
+                for (int j = 0; j < kv_mul; j++)
+                    for (int i = 0; i < hd; i++) {
+                        k[i] += pk[(size_t)j * hd + i];
+                        v[i] += pv[(size_t)j * hd + i];
+                    }
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, Kh, kvd, 0.0f,
-                        dQ + (size_t)h * hd, qd);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Qh, qd, 1.0f, dKh, kvd);
         }
     }
     free(scratch);

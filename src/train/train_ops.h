@@ -46,14 +46,17 @@ void spqr_rope_ref(const spqr_config *c, double *v, int T, int n_heads, int stri
  *
  * Memory: the probabilities P are not kept; the backward recomputes them per
  * head (with the forward's own code, so the same floats) in a scratch of
- * 2 x T x T floats per thread (P and dP). */
+ * 2 x T x T floats per thread (P and dP). Both run OpenMP over query heads. */
 spqr_status spqr_attn_fwd(const spqr_config *c, const float *Q, const float *K, const float *V, int T, float *Out);
 /* Writes dQ[T][qd], dK[T][kvd] and dV[T][kvd] (dK/dV summed over the query
- * heads that share a kv head). */
+ * heads that share a kv head: each head computes its share, then the shares
+ * of a group are added). */
 spqr_status spqr_attn_bwd(const spqr_config *c, const float *Q, const float *K, const float *V, const float *dO, int T,
                           float *dQ, float *dK, float *dV);
-/* Scratch floats the backward takes per thread (for memory reports). */
-size_t spqr_attn_bwd_scratch(int T);
+/* Scratch floats the backward takes with nthreads threads (for memory
+ * reports): 2 T^2 per thread, plus 2 T n_heads hd for the per-query-head
+ * shares of dK/dV when n_heads > n_kv_heads. */
+size_t spqr_attn_bwd_scratch(const spqr_config *c, int T, int nthreads);
 spqr_status spqr_attn_fwd_ref(const spqr_config *c, const double *Q, const double *K, const double *V, int T,
                               double *Out);
 spqr_status spqr_attn_bwd_ref(const spqr_config *c, const double *Q, const double *K, const double *V,
