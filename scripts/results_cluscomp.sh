@@ -52,6 +52,7 @@ mkdir -p "$ROWS"
 ALGOS=${ALGOS:-kmeans hierarchical gmm}
 NS=${NS:-1000 5000 10000}
 DS=${DS:-4 8 16}
+TUNES=${TUNES:-none layer block}
 if [ "${GRID_SET:-}" = small ]; then NS="1000"; DS="4"; fi
 
 # id | table | label | method | options | seed
@@ -61,7 +62,7 @@ for a in $ALGOS; do
   [ "${GRID_SET:-}" = reduced ] && [ "$a" != kmeans ] && ns=1000
   for n in $ns; do
     for d in $DS; do
-      for t in none layer; do
+      for t in $TUNES; do
         CONFIGS+=("grid|$a|$n|$d|$t|cluscomp|--cluster-algo $a --clusters $n --cluster-dim $d --tune $t|0")
       done
     done
@@ -80,6 +81,7 @@ done
   "cmp|GPTQ w3 g64|-|-|-|gptq|--bits 3 --group-size 64|0"
   "cmp|GPTQ w3 g32|-|-|-|gptq|--bits 3 --group-size 32|0"
   "cmp|SpQR w3 b1=32 b2=16 tau=0.5|-|-|-|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.5|0"
+  "cmp|SpQR w3 b1=32 b2=16 tau=0.5 tune block|-|-|-|spqr|--bits 3 --group-size 32 --stat-group-size 16 --stat-bits 3 --outlier-threshold 0.5 --tune block|0"
 )
 
 key_of() { # index -> a file name for the configuration

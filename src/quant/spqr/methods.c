@@ -49,7 +49,7 @@ static spqr_status set_tau_other(void *p, double v) {
          "block tuning of the 16-bit values (statistics, outliers, RMSNorms), codes fixed: none or block (none)",    \
          NULL},                                                                                                      \
         SPQR_BTUNE_OPTIONS(spqr_qparams, bt, "block tuning: epochs over the calibration windows (20)",              \
-                           "block tuning: AdamW learning rate, relative to each value's magnitude (1e-3)",          \
+                           "block tuning: AdamW learning rate, relative to each value's magnitude (3e-3)",          \
                            "block tuning: AdamW weight decay (0)",                                                  \
                            "block tuning: also retrain the blocks' RMSNorm weights (yes)")
 

@@ -18,7 +18,7 @@ void spqr_qparams_default(spqr_qparams *p, spqr_qmethod method) {
     p->tune = 0;
     /* block tuning: learning rate relative to each value's typical magnitude
      * (the format's train_scale), no decay, norms retrained too */
-    p->bt = (spqr_btune_params){.epochs = 20, .lr = 1e-3, .wd = 0.0, .batch = 1, .norms = 1};
+    p->bt = (spqr_btune_params){.epochs = 20, .lr = 3e-3, .wd = 0.0, .batch = 1, .norms = 1};
     switch (method) {
     case SPQR_METHOD_SPQR: /* paper's near-lossless configuration */
         p->beta1 = 16;
