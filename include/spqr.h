@@ -265,6 +265,8 @@ typedef struct spqr_quant_summary {
        calibration MSE of the blocks' outputs summed over blocks before / after */
     int tuned_blocks, tuned_blocks_kept;
     double tune_seconds, tune_loss_before, tune_loss_after;
+    double spilled_bytes;      /* calibration streams kept in a temporary file (over the
+                                  memory cap $SPQR_STREAM_MIB, default half of RAM), else 0 */
 } spqr_quant_summary;
 
 /* Quantize every linear layer of m (a model loaded from a Hugging Face

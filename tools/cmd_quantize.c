@@ -149,16 +149,21 @@ int cmd_quantize(int argc, char **argv) {
             "peak RSS %.0f MiB\n",
             model, out, (long long)s.quantized_params, s.avg_bits_formula, s.avg_bits_real, 100.0 * s.outlier_share,
             s.seconds, rss_mb);
+    if (s.tuned_blocks > 0)
+        fprintf(stderr, "spqr quantize: block tuning kept in %d of %d blocks, calibration MSE %.6g -> %.6g (summed over blocks), %.1f s\n",
+                s.tuned_blocks_kept, s.tuned_blocks, s.tune_loss_before, s.tune_loss_after, s.tune_seconds);
     if (json) {
         cJSON *d = cJSON_Parse(desc);
         printf("{\"output\":\"%s\",\"method\":\"%s\",\"wbits\":%d,\"beta1\":%d,\"beta2\":%d,\"sbits\":%d,"
                "\"tau\":%.6g,\"quantized_params\":%lld,\"quantized_bytes\":%lld,\"avg_bits\":%.6f,"
                "\"avg_bits_formula\":%.6f,\"avg_bits_real\":%.6f,\"n_outliers\":%lld,\"outlier_share\":%.8f,"
-               "\"seconds\":%.3f,\"peak_rss_mib\":%.1f,\"params\":%s}\n",
+               "\"seconds\":%.3f,\"peak_rss_mib\":%.1f,\"tuned_blocks\":%d,\"tuned_blocks_kept\":%d,"
+               "\"tune_seconds\":%.3f,\"tune_loss_before\":%.8g,\"tune_loss_after\":%.8g,\"spilled_bytes\":%.0f,\"params\":%s}\n",
                out, method, (int)jnum(d, "wbits"), (int)jnum(d, "beta1"), (int)jnum(d, "beta2"),
                (int)jnum(d, "sbits"), jnum(d, "tau"), (long long)s.quantized_params, (long long)s.quantized_bytes,
                s.avg_bits_real, s.avg_bits_formula, s.avg_bits_real, (long long)s.n_outliers, s.outlier_share,
-               s.seconds, rss_mb, desc);
+               s.seconds, rss_mb, s.tuned_blocks, s.tuned_blocks_kept, s.tune_seconds, s.tune_loss_before,
+               s.tune_loss_after, s.spilled_bytes, desc);
         cJSON_Delete(d);
     }
     free(desc);

@@ -394,11 +394,28 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
     p.t0 = spqr_now();
     p.layers_total = c->n_layers * SPQR_LIN_PER_BLOCK;
     size_t D = (size_t)c->dim, ntok = (size_t)p.N * (size_t)S;
-    if (calibrate) {
-        p.X = spqr_malloc_array(ntok, D * sizeof(float));
+    /* the activation streams: in memory, or spilled to a temporary file
+     * when together they exceed the cap (spqr_stream_cap_bytes) */
+    size_t stream_bytes = 0;
+    bool spill = false;
+    if (calibrate && ntok > SIZE_MAX / D / sizeof(float) / 2)
+        st = spqr_fail(SPQR_ERR_NOMEM, "calibration set too large");
+    if (calibrate && !st) {
+        stream_bytes = ntok * D * sizeof(float);
+        spill = stream_bytes * (tune ? 2 : 1) > spqr_stream_cap_bytes();
+        if (spill) {
+            void *a = NULL, *b = NULL;
+            st = spqr_spill_alloc(stream_bytes, &a);
+            if (!st && tune) st = spqr_spill_alloc(stream_bytes, &b);
+            p.X = a;
+            p.Xfp = b;
+            sum->spilled_bytes = (double)stream_bytes * (tune ? 2 : 1);
+        } else {
+            p.X = spqr_malloc_array(ntok, D * sizeof(float));
+            if (tune) p.Xfp = spqr_malloc_array(ntok, D * sizeof(float));
+        }
         p.Xs = spqr_malloc_array((size_t)p.per * S, D * sizeof(float));
-        if (tune) p.Xfp = spqr_malloc_array(ntok, D * sizeof(float));
-        if (!p.X || !p.Xs || (tune && !p.Xfp))
+        if (!st && (!p.X || !p.Xs || (tune && !p.Xfp)))
             st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for calibration activations");
     }
     if (!st && calibrate) {
@@ -434,8 +451,13 @@ spqr_status spqr_quantize_model(spqr_model *m, const spqr_quant_opts *o, spqr_qu
             free(prov);
         }
     }
-    free(p.X);
+    if (spill) {
+        spqr_spill_free(p.X, stream_bytes);
+        spqr_spill_free(p.Xfp, stream_bytes);
+    } else {
+        free(p.X);
+        free(p.Xfp);
+    }
     free(p.Xs);
-    free(p.Xfp);
     return st;
 }

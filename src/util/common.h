@@ -80,6 +80,15 @@ typedef struct spqr_mmap {
 spqr_status spqr_mmap_open(const char *path, spqr_mmap *m);
 void spqr_mmap_close(spqr_mmap *m);
 
+/* A zero-filled array of `bytes` backed by an unlinked temporary file in
+ * $TMPDIR (default /tmp), mapped shared: for scratch data larger than RAM
+ * should hold (spill.c). Release with spqr_spill_free(p, bytes). */
+spqr_status spqr_spill_alloc(size_t bytes, void **out);
+void spqr_spill_free(void *p, size_t bytes);
+/* The memory cap for calibration activation streams: $SPQR_STREAM_MIB MiB,
+ * else half the machine's physical memory. */
+size_t spqr_stream_cap_bytes(void);
+
 /* Read a whole file into a NUL-terminated malloc'd buffer. */
 spqr_status spqr_read_file(const char *path, char **data, size_t *size);
 
