@@ -63,7 +63,7 @@ void spqr_rope_apply(const spqr_config *c, float *v, int T, int n_heads, int str
  * longer ones compute scores and outputs per head with sgemm. */
 #define ATTN_GEMM_MIN_T 16
 
-static void softmax_row(float *att, int n) {
+void spqr_softmax_row(float *att, int n) {
     float mx = -INFINITY;
     for (int s = 0; s < n; s++) mx = att[s] > mx ? att[s] : mx;
     float sum = 0.0f;
@@ -95,7 +95,7 @@ static spqr_status attention(const spqr_config *c, const float *Q, const float *
             for (int t = 0; t < T; t++) {
                 float *row = P + (size_t)t * ctx;
                 int n = pos0 + t + 1;
-                softmax_row(row, n);
+                spqr_softmax_row(row, n);
                 for (int s = n; s < ctx; s++) row[s] = 0.0f;
             }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, ctx, 1.0f, P, ctx, Vh, kvd, 0.0f,
@@ -118,7 +118,7 @@ static spqr_status attention(const spqr_config *c, const float *Q, const float *
                 for (int i = 0; i < hd; i++) d += q[i] * k[i];
                 att[s] = d / sqrt_hd;
             }
-            softmax_row(att, n);
+            spqr_softmax_row(att, n);
             float *o = Out + (size_t)t * qd + (size_t)h * hd;
             for (int i = 0; i < hd; i++) o[i] = 0.0f;
             for (int s = 0; s < n; s++) {

@@ -142,5 +142,8 @@ void spqr_rope_apply(const spqr_config *c, float *v, int T, int n_heads, int str
                      const float *cosv, const float *sinv);
 
 void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* att[0..n) = softmax(att[0..n)) in place, the forward pass's order of
+ * operations (max, exp, sum, divide). */
+void spqr_softmax_row(float *att, int n);
 
 #endif

@@ -60,13 +60,6 @@ static int hess_hook(void *user, int which, const float *X, int T, int cols) {
 
 /* ---- calibration windows ----------------------------------------------------- */
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static spqr_status calib_tokens(spqr_model *m, const spqr_quant_opts *o, int S, int32_t **out, uint64_t *hash) {
     char *text = NULL;
     size_t len = 0;
@@ -95,7 +88,7 @@ static spqr_status calib_tokens(spqr_model *m, const spqr_quant_opts *o, int S, 
     }
     uint64_t rng = o->seed;
     for (int i = 0; i < o->nsamples; i++) {
-        size_t start = 1 + (size_t)(splitmix(&rng) % (uint64_t)(have - (size_t)S + 1));
+        size_t start = 1 + (size_t)(spqr_splitmix64(&rng) % (uint64_t)(have - (size_t)S + 1));
         memcpy(w + (size_t)i * S, ids + start, sizeof(int32_t) * (size_t)S);
     }
     free(ids);

@@ -134,17 +134,6 @@ void spqr_rope_ref(const spqr_config *c, double *v, int T, int n_heads, int stri
  *   dV_k += P^T dO_h;  dP = dO_h V_k^T;  dS = P (dP - rowsum(P dP))
  *   dQ_h = dS K_k / sqrt(hd);  dK_k += dS^T Q_h / sqrt(hd)                 */
 
-static void softmax_row(float *att, int n) { /* model/forward.c's */
-    float mx = -INFINITY;
-    for (int s = 0; s < n; s++) mx = att[s] > mx ? att[s] : mx;
-    float sum = 0.0f;
-    for (int s = 0; s < n; s++) {
-        att[s] = expf(att[s] - mx);
-        sum += att[s];
-    }
-    for (int s = 0; s < n; s++) att[s] /= sum;
-}
-
 /* P[T][T] = causal softmax of head h's scaled scores (zeros above the diagonal) */
 static void attn_probs(const spqr_config *c, const float *Q, const float *K, int h, int T, float *P) {
     const int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
@@ -154,7 +143,7 @@ static void attn_probs(const spqr_config *c, const float *Q, const float *K, int
                 K + (size_t)kvh * hd, kvd, 0.0f, P, T);
     for (int t = 0; t < T; t++) {
         float *row = P + (size_t)t * T;
-        softmax_row(row, t + 1);
+        spqr_softmax_row(row, t + 1);
         for (int s = t + 1; s < T; s++) row[s] = 0.0f;
     }
 }

@@ -15,13 +15,6 @@ void spqr_tune_opts_default(spqr_tune_opts *o) {
     o->train_norms = 0;
 }
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* One trained parameter group: a layer's format parameters or a norm. */
 typedef struct {
     int k;            /* linear index, or -1 / -2 for attn / ffn norm */
@@ -207,7 +200,7 @@ spqr_status spqr_tune_block(spqr_model *m, int layer, const float *X_in, const f
     for (int e = 0; e < o->epochs && !st && t.ngrp > 0; e++) {
         for (int i = 0; i < nseq; i++) order[i] = i;
         for (int i = nseq - 1; i > 0; i--) { /* Fisher-Yates */
-            int j = (int)(splitmix(&rng) % (uint64_t)(i + 1));
+            int j = (int)(spqr_splitmix64(&rng) % (uint64_t)(i + 1));
             int tmp = order[i];
             order[i] = order[j];
             order[j] = tmp;

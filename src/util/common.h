@@ -100,6 +100,15 @@ bool spqr_file_exists(const char *path);
 /* Threads: number of workers kernels should use. */
 int spqr_num_threads(void);
 
+/* splitmix64: the next value of a 64-bit counter-based generator (seeding,
+ * shuffles, window draws; one definition for every user). */
+static inline uint64_t spqr_splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
 /* Monotonic wall clock in seconds. */
 double spqr_now(void);
 
