@@ -202,6 +202,36 @@ static void test_tune_lowers_the_block_loss(void **s) {
     }
 }
 
+/* The GPU path of the tuner against the CPU path (skips without a device). */
+static void test_tune_gpu_matches_cpu(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL)) skip();
+    double loss[2] = {0, 0};
+    for (int gpu = 0; gpu < 2; gpu++) {
+        fixture f;
+        fixture_load(&f);
+        compress_block0(f.m, 32);
+        spqr_tune_opts o;
+        spqr_tune_opts_default(&o);
+        o.epochs = 2;
+        o.lr = 2e-3;
+        o.batch = 2;
+        o.train_norms = 1;
+        o.gpu = gpu;
+        spqr_tune_report rep;
+        spqr_status st = spqr_tune_block(f.m, 0, f.X, f.Y, NSEQ, SEQ, &o, &rep);
+        if (gpu && (st == SPQR_ERR_NO_DEVICE || st == SPQR_ERR_UNSUPPORTED)) {
+            fixture_free(&f);
+            skip();
+        }
+        assert_int_equal(st, SPQR_OK);
+        printf("  %s: loss %.8g -> %.8g, %.3fs\n", gpu ? "gpu" : "cpu", rep.loss_start, rep.loss_end, rep.seconds);
+        loss[gpu] = rep.loss_end;
+        fixture_free(&f);
+    }
+    assert_true(fabs(loss[1] - loss[0]) <= 1e-3 * loss[0]);
+}
+
 static void test_tune_never_worse(void **s) {
     (void)s;
     if (!tu_have_shared(MODEL)) skip();
@@ -350,6 +380,7 @@ int main(void) {
         cmocka_unit_test(test_adamw_minimises_a_quadratic),
         cmocka_unit_test(test_lr_schedule),
         cmocka_unit_test(test_tune_lowers_the_block_loss),
+        cmocka_unit_test(test_tune_gpu_matches_cpu),
         cmocka_unit_test(test_tune_never_worse),
         cmocka_unit_test(test_tune_bad_arguments),
         cmocka_unit_test(test_pipeline_tune_block),

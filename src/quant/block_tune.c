@@ -30,6 +30,7 @@ spqr_status spqr_btune_run(const spqr_btune_params *bp, spqr_block_ctx *ctx) {
     o.batch = bp->batch;
     o.train_norms = bp->norms;
     o.seed = ctx->seed;
+    o.gpu = bp->device == 1;
     say_t s = {ctx};
     o.progress = on_epoch;
     o.user = &s;
@@ -61,5 +62,6 @@ bool spqr_btune_provenance(const spqr_btune_params *bp, cJSON *o) {
            cJSON_AddNumberToObject(o, "tune_wd", bp->wd) &&
            cJSON_AddStringToObject(o, "tune_schedule", bp->schedule ? "cosine" : "constant") &&
            cJSON_AddNumberToObject(o, "tune_batch", bp->batch) &&
-           cJSON_AddBoolToObject(o, "tune_norms", bp->norms != 0);
+           cJSON_AddBoolToObject(o, "tune_norms", bp->norms != 0) &&
+           cJSON_AddStringToObject(o, "tune_device", bp->device ? "gpu" : "cpu");
 }

@@ -15,6 +15,7 @@ typedef struct spqr_btune_params {
     int schedule;  /* --tune-schedule constant|cosine            */
     int batch;     /* --tune-batch: windows per optimizer step   */
     int norms;     /* --tune-norms yes|no: retrain the RMSNorms   */
+    int device;    /* --tune-device cpu|gpu                      */
 } spqr_btune_params;
 
 /* Option table entries of a params struct `type` holding a
@@ -27,7 +28,9 @@ typedef struct spqr_btune_params {
          "block tuning learning-rate schedule (constant)", NULL},                                                    \
         {"tune-batch", SPQR_QOPT_INT, offsetof(type, field.batch), 1, 1 << 20, NULL,                                 \
          "block tuning: calibration windows per optimizer step (1)", NULL},                                           \
-        {"tune-norms", SPQR_QOPT_CHOICE, offsetof(type, field.norms), 0, 0, "no|yes", norms_help, NULL}
+        {"tune-norms", SPQR_QOPT_CHOICE, offsetof(type, field.norms), 0, 0, "no|yes", norms_help, NULL},             \
+        {"tune-device", SPQR_QOPT_CHOICE, offsetof(type, field.device), 0, 0, "cpu|gpu",                             \
+         "block tuning: forward/backward on the cpu or a CUDA gpu (cpu)", NULL}
 
 /* Run the tuner on ctx's block with these options (the hook body). */
 spqr_status spqr_btune_run(const spqr_btune_params *bp, spqr_block_ctx *ctx);

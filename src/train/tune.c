@@ -1,6 +1,8 @@
 /* tune.c - the block tuner (tune.h). */
 #include "tune.h"
 
+#include "cuda/train_cuda.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -38,7 +40,14 @@ typedef struct {
     group_t grp[SPQR_LIN_PER_BLOCK + 2];
     int ngrp;
     size_t bytes;
+    spqr_tblock_gpu *gpu; /* the GPU path (NULL: CPU)                    */
+    int gpu_batch;        /* windows the GPU handle holds                */
 } tuner;
+
+static spqr_status fwd(tuner *t, const float *X, int ns, int S, float *Y, spqr_ttape *tape) {
+    if (t->gpu) return spqr_tblock_gpu_forward(t->gpu, X, ns, S, Y);
+    return spqr_tblock_forward(t->c, &t->tb, X, ns, S, Y, tape);
+}
 
 static void *talloc(tuner *t, size_t n, size_t size) {
     void *p = spqr_calloc_array(n, size);
@@ -51,10 +60,11 @@ static spqr_status eval_loss(tuner *t, const float *X, const float *Yref, int ns
                              double *loss) {
     size_t D = (size_t)t->c->dim;
     double sum = 0.0;
+    if (t->gpu) per = t->gpu_batch;
     for (int s0 = 0; s0 < nseq; s0 += per) {
         int ns = nseq - s0 < per ? nseq - s0 : per;
         size_t off = (size_t)s0 * (size_t)S * D, n = (size_t)ns * (size_t)S * D;
-        spqr_status st = spqr_tblock_forward(t->c, &t->tb, X + off, ns, S, Yb, NULL);
+        spqr_status st = fwd(t, X + off, ns, S, Yb, NULL);
         if (st) return st;
         double part = 0.0;
 #pragma omp parallel for reduction(+ : part) schedule(static) num_threads(spqr_num_threads())
@@ -82,12 +92,15 @@ static spqr_status apply(tuner *t, int use_start) {
         spqr_linear *lin = &t->b->lin[g->k];
         spqr_status st = lin->fmt->train_set(lin->payload, v);
         if (!st) st = lin->fmt->dequantize(lin->payload, t->W[g->k]);
+        if (!st && t->gpu) st = spqr_tblock_gpu_set_linear(t->gpu, g->k, t->W[g->k]);
         if (st) return st;
     }
+    if (t->gpu && (t->norm[0] || t->norm[1])) return spqr_tblock_gpu_set_norms(t->gpu, t->tb.attn_norm, t->tb.ffn_norm);
     return SPQR_OK;
 }
 
 static void tuner_free(tuner *t) {
+    spqr_tblock_gpu_free(t->gpu);
     for (int k = 0; k < SPQR_LIN_PER_BLOCK; k++) {
         free(t->W[k]);
         free(t->gW[k]);
@@ -189,8 +202,14 @@ spqr_status spqr_tune_block(spqr_model *m, int layer, const float *X_in, const f
         order = spqr_malloc_array((size_t)nseq, sizeof(int));
         if (!Xb || !Yb || !Rb || !order) st = spqr_fail(SPQR_ERR_NOMEM, "out of memory for block tuning");
     }
-    if (!st && (st = spqr_ttape_new(&m->cfg, B, seqlen, &tape)) == SPQR_OK)
+    if (!st && o->gpu) { /* the GPU holds the weights, the tape and the workspace */
+        t.gpu_batch = B;
+        st = spqr_tblock_gpu_new(&m->cfg, B, seqlen, &t.gpu);
+        if (!st) st = spqr_tblock_gpu_set_weights(t.gpu, &t.tb);
+        if (!st) rep->gpu_bytes = spqr_tblock_gpu_bytes(&m->cfg, B, seqlen);
+    } else if (!st && (st = spqr_ttape_new(&m->cfg, B, seqlen, &tape)) == SPQR_OK) {
         t.bytes += spqr_ttape_bytes(&m->cfg, B, seqlen);
+    }
     for (int i = 0; i < t.ngrp && !st; i++) rep->n_params += (int64_t)t.grp[i].n;
     if (!st) st = eval_loss(&t, X_in, Y_ref, nseq, seqlen, per, Yb, &rep->loss_start);
     if (!st && o->progress) o->progress(o->user, 0, o->epochs, rep->loss_start, spqr_now() - t0, 0.0);
@@ -213,7 +232,7 @@ spqr_status spqr_tune_block(spqr_model *m, int layer, const float *X_in, const f
                 memcpy(Xb + (size_t)i * S * D, X_in + (size_t)order[s0 + i] * S * D, S * D * sizeof(float));
                 memcpy(Rb + (size_t)i * S * D, Y_ref + (size_t)order[s0 + i] * S * D, S * D * sizeof(float));
             }
-            if ((st = spqr_tblock_forward(&m->cfg, &t.tb, Xb, ns, seqlen, Yb, tape))) break;
+            if ((st = fwd(&t, Xb, ns, seqlen, Yb, tape))) break;
             /* L = mean (Y - R)^2  ->  dL/dY = 2 (Y - R) / n, written over Rb */
             double part = 0.0;
             const float sc = (float)(2.0 / (double)n);
@@ -235,7 +254,9 @@ spqr_status spqr_tune_block(spqr_model *m, int layer, const float *X_in, const f
                 if (t.gnorm[i]) memset(t.gnorm[i], 0, D * sizeof(float));
             g.attn_norm = t.gnorm[0];
             g.ffn_norm = t.gnorm[1];
-            if ((st = spqr_tblock_backward(&m->cfg, &t.tb, tape, Rb, NULL, &g))) break;
+            st = t.gpu ? spqr_tblock_gpu_backward(t.gpu, Rb, NULL, &g)
+                       : spqr_tblock_backward(&m->cfg, &t.tb, tape, Rb, NULL, &g);
+            if (st) break;
             const double lr = spqr_lr_at(o->schedule, o->lr, rep->steps, total);
             for (int i = 0; i < t.ngrp; i++) {
                 group_t *gp = &t.grp[i];

@@ -28,6 +28,7 @@ typedef struct spqr_tune_opts {
     int train_norms;            /* retrain the RMSNorm weights                  */
     double norm_lr;             /* learning rate of the norms (0: lr)           */
     uint64_t seed;              /* window order                                 */
+    int gpu;                    /* run forward/backward on the GPU (train/cuda) */
     /* optional: called after each epoch with the mean training loss of that
      * epoch (and with epoch 0 before training, loss = the starting loss) */
     void (*progress)(void *user, int epoch, int epochs, double loss, double elapsed, double eta);
@@ -43,6 +44,7 @@ typedef struct spqr_tune_report {
     double seconds;
     size_t work_bytes;           /* memory the tuner allocated (weights,
                                     gradients, optimizer, tape, batch)      */
+    size_t gpu_bytes;            /* device memory of the GPU path, else 0   */
 } spqr_tune_report;
 
 /* Tune block `layer` of m in place. X_in, Y_ref: [nseq*seqlen][dim]. */
