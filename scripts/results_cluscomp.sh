@@ -77,6 +77,8 @@ done
 [ "${CMP:-1}" = 1 ] && CONFIGS+=(
   "cmp|kmeans|2048|4|layer|cluscomp|--clusters 2048 --cluster-dim 4 --tune layer|0"
   "cmp|kmeans|4096|4|layer|cluscomp|--clusters 4096 --cluster-dim 4 --tune layer|0"
+  "cmp|kmeans|4096|4|block|cluscomp|--clusters 4096 --cluster-dim 4 --tune block|0"
+  "cmp|kmeans++|1000|4|none|cluscomp|--cluster-init kmeans++ --clusters 1000 --cluster-dim 4 --tune none|0"
   "cmp|GPTQ w3 g128|-|-|-|gptq|--bits 3 --group-size 128|0"
   "cmp|GPTQ w3 g64|-|-|-|gptq|--bits 3 --group-size 64|0"
   "cmp|GPTQ w3 g32|-|-|-|gptq|--bits 3 --group-size 32|0"
@@ -157,7 +159,7 @@ rows_of() {
     case $tab in
       grid) label="$a | $n | $d | $t" ;;
       seed) label=$seed ;;
-      *) if [ "$method" = cluscomp ]; then label="ClusComp kmeans n=$n d=$d tune $t"; else label=$a; fi ;;
+      *) if [ "$method" = cluscomp ]; then label="ClusComp $a n=$n d=$d tune $t"; else label=$a; fi ;;
     esac
     echo "| $label |$(row_of "$i")"
   done
@@ -170,7 +172,12 @@ rows_of() {
   echo
   echo "Model: \`$(basename "$MODEL")\` (hidden 512, MLP 1408, 8 blocks; q/o 512x512, k/v 256x512, gate/up 1408x512, down 512x1408)."
   echo "Calibration: \`$(basename "$CALIB")\`, 128 windows of $S tokens, seed 0 unless the row says otherwise (used by"
-  echo "layer tuning, which minimises each layer's output error on them; *none* uses no data)."
+  echo "layer tuning, which minimises each layer's output error on them, and by block tuning; *none* uses no data)."
+  echo "*block* = the authors' block-wise tuning (docs/TRAINING.md): AdamW on the codebooks, indices fixed, so"
+  echo "each compressed block reproduces the fp block's output; defaults: 20 epochs over the calibration windows,"
+  echo "one window per step, lr 1e-3, weight decay 0.1; a block whose calibration loss does not fall keeps its"
+  echo "untuned codebooks. SpQR *tune block* retrains its 16-bit values (second-level statistics, outliers) and"
+  echo "the blocks' RMSNorm weights with the codes fixed (steps relative to each value's size, lr 3e-3, 20 epochs)."
   echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only"); parentheses: change against fp."
   where_line
   echo "Quantization: $JOBS at a time with $THREADS threads each; *quantize s* is the pipeline's time, *peak MiB*"
@@ -188,7 +195,7 @@ rows_of() {
   echo "|---|---|---|---|---|$(zs_rule)"
   echo "| 16 bits |${fprow}${fpzs}"
   echo
-  echo "## The grid: clustering algorithm x clusters n x dimension d, tuning none / layer"
+  echo "## The grid: clustering algorithm x clusters n x dimension d, tuning none / layer / block"
   echo
   echo "| algorithm | n | d | tuning $HEAD"
   echo "|---|---|---|---$RULE"
@@ -205,6 +212,9 @@ rows_of() {
   rows_of seed
   echo
   echo "## ClusComp against GPTQ and SpQR at about the same real bits"
+  echo
+  echo "Also k-means++ seeding (\`--cluster-init kmeans++\`) against the grid's random seeding (the authors', our"
+  echo "default) at n = 1000, d = 4 without tuning."
   echo
   echo "| method $HEAD"
   echo "|---$RULE"
