@@ -189,7 +189,9 @@ rows_of() {
   echo
   zs_legend
   echo "Grid measured in this run: algorithms {$ALGOS} x n {$NS} x d {$DS}$( [ "${GRID_SET:-}" = reduced ] && echo " (hierarchical and gmm at n = 1000 only)"); the full grid"
-  echo "(the script's default) is {kmeans hierarchical gmm} x n {1000 5000 10000} x d {4 8 16}."
+  echo "(the script's default) is {kmeans hierarchical gmm} x n {1000 5000 10000} x d {4 8 16}, tunings {$TUNES}."
+  echo "*not run* marks a cell this run did not measure (e.g. block tuning where it was too slow: 70-80"
+  echo "minutes per cell on one thread of a 2-core machine)."
   echo
   echo "| fp (bf16 weights, fp32 compute) | corpus_valid | wikitext2 | ptb | c4 |$(zs_head)"
   echo "|---|---|---|---|---|$(zs_rule)"
