@@ -12,6 +12,7 @@
 
 #include "model/gpu/gpu_model.h"
 #include "kernels/cuda/cuda_rt.h"
+#include "kernels/cuda/reduce.cuh"
 
 extern "C" {
 #include "model/model.h"
@@ -58,7 +59,6 @@ static spqr_status upload(void **d, const void *h, size_t bytes, const char *wha
     CK(cudaMemcpy(*d, h, bytes, cudaMemcpyHostToDevice), what);
     return SPQR_OK;
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* model                                                                      */
@@ -253,40 +253,6 @@ extern "C" spqr_status spqr_gpu_model_new(const spqr_model *m, spqr_gpu_model **
 
 /* ------------------------------------------------------------------------ */
 /* kernels                                                                    */
-
-__device__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-/* Block-wide reductions (blockDim.x a multiple of 32, <= 1024); red holds
- * one value per warp. */
-template <typename T, typename W>
-__device__ T block_reduce(T v, T *red, T neutral, W warp_op) {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_op(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : neutral;
-    return warp_op(v);
-}
-__device__ float block_sum(float v, float *red) {
-    return block_reduce(v, red, 0.0f, [](float x) { return warp_sum(x); });
-}
-__device__ float block_max(float v, float *red) {
-    return block_reduce(v, red, -INFINITY, [](float x) { return warp_max(x); });
-}
-__device__ double block_sum_d(double v, double *red) {
-    return block_reduce(v, red, 0.0, [](double x) { return warp_sum_d(x); });
-}
 
 __global__ void k_embed(const float *emb, const int32_t *tok, float *X, int D) {
     int r = blockIdx.x;

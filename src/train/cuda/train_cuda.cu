@@ -37,6 +37,7 @@ extern "C" {
 #include "util/common.h"
 }
 #include "kernels/cuda/cuda_rt.h"
+#include "kernels/cuda/reduce.cuh"
 #include "train/cuda/train_cuda.h"
 
 #define NT 256 /* threads of the elementwise and per-row kernels */
@@ -66,40 +67,6 @@ spqr_status cuda_err(cudaError_t e, const char *what) {
     } while (0)
 
 /* ---- device helpers ------------------------------------------------------------ */
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-/* block-wide reductions (blockDim.x a multiple of 32); every thread gets the
- * result; red holds one value per warp */
-template <typename T, typename W>
-__device__ T block_reduce(T v, T *red, T neutral, W op) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = op(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    v = lane < nw ? red[lane] : neutral;
-    return op(v);
-}
-__device__ float block_sum(float v, float *red) {
-    return block_reduce(v, red, 0.0f, [](float x) { return warp_sum(x); });
-}
-__device__ float block_max(float v, float *red) {
-    return block_reduce(v, red, -INFINITY, [](float x) { return warp_max(x); });
-}
-__device__ double block_sum_d(double v, double *red) {
-    return block_reduce(v, red, 0.0, [](double x) { return warp_sum_d(x); });
-}
 
 /* expf without --use_fast_math's __expf: exp in double, rounded */
 __device__ __forceinline__ float exp_prec(float x) { return (float)exp((double)x); }
