@@ -78,6 +78,7 @@ done
   "cmp|kmeans|2048|4|layer|cluscomp|--clusters 2048 --cluster-dim 4 --tune layer|0"
   "cmp|kmeans|4096|4|layer|cluscomp|--clusters 4096 --cluster-dim 4 --tune layer|0"
   "cmp|kmeans|4096|4|block|cluscomp|--clusters 4096 --cluster-dim 4 --tune block|0"
+  "cmp|kmeans|1000|4|layer+block|cluscomp|--clusters 1000 --cluster-dim 4 --tune layer+block|0"
   "cmp|kmeans++|1000|4|none|cluscomp|--cluster-init kmeans++ --clusters 1000 --cluster-dim 4 --tune none|0"
   "cmp|GPTQ w3 g128|-|-|-|gptq|--bits 3 --group-size 128|0"
   "cmp|GPTQ w3 g64|-|-|-|gptq|--bits 3 --group-size 64|0"
