@@ -41,20 +41,6 @@
 #define TOL_ELEM_F16 2e-3 /* tensor-core kernels: fp16 weights and activations, fp32 sums */
 #define TOL_REL_F16 1e-2
 
-static int g_have_gpu = -1;
-
-static int have_gpu(void) {
-    if (g_have_gpu < 0) {
-        char name[256];
-        spqr_status st = spqr_cuda_available(name, sizeof name);
-        g_have_gpu = st == SPQR_OK;
-        if (g_have_gpu)
-            printf("CUDA device: %s\n", name);
-        else
-            printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
-    }
-    return g_have_gpu;
-}
 
 /* ---- random layers ------------------------------------------------------ */
 
@@ -363,7 +349,7 @@ static void report(const char *what) {
 
 static void test_device(void **state) {
     (void)state;
-    if (!have_gpu()) return;
+    if (!tu_have_gpu()) return;
     size_t f = 0, t = 0;
     assert_int_equal(spqr_cuda_mem_info(&f, &t), SPQR_OK);
     assert_true(f > 0 && t >= f);
@@ -377,7 +363,7 @@ static void test_device(void **state) {
 /* every wbits x beta1 x beta2 x outliers, small odd shapes, all variants */
 static void test_grid(void **state) {
     (void)state;
-    if (!have_gpu()) return;
+    if (!tu_have_gpu()) return;
     tu_seed(1234);
     static const int b1s[] = {8, 16, 24, 32, 48, 128, 5, 12};
     static const int b2s[] = {0, 16, 32, 3};
@@ -405,7 +391,7 @@ static void test_grid(void **state) {
 /* odd and larger shapes, batches up to 64, more split factors */
 static void test_shapes(void **state) {
     (void)state;
-    if (!have_gpu()) return;
+    if (!tu_have_gpu()) return;
     tu_seed(99);
     static const int toks[] = {1, 2, 7, 16, 33, 64};
     static const int shapes[][2] = {{1, 1}, {7, 17}, {17, 7}, {1, 4097}, {4097, 1}, {172, 4097},
@@ -436,7 +422,7 @@ static void test_shapes(void **state) {
 
 static void test_errors(void **state) {
     (void)state;
-    if (!have_gpu()) {
+    if (!tu_have_gpu()) {
         spqr_cuda_qlinear *w = (spqr_cuda_qlinear *)1;
         spqr_qlayer q;
         memset(&q, 0, sizeof q);
@@ -495,7 +481,7 @@ static void test_errors(void **state) {
 
 static void test_helpers(void **state) {
     (void)state;
-    if (!have_gpu()) return;
+    if (!tu_have_gpu()) return;
     const int R = 37, C = 129, N = 5;
     float *w = malloc(sizeof(float) * R * C), *x = malloc(sizeof(float) * N * C), *y = malloc(sizeof(float) * N * R);
     tu_seed(7);

@@ -46,18 +46,6 @@
 #define TOL_F16 2e-3
 #define TOL_F16_L2 2e-3
 
-static int g_have_gpu = -1;
-static int have_gpu(void) {
-    if (g_have_gpu < 0) {
-        char name[256];
-        g_have_gpu = spqr_cuda_available(name, sizeof name) == SPQR_OK;
-        if (g_have_gpu)
-            printf("CUDA device: %s\n", name);
-        else
-            printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
-    }
-    return g_have_gpu;
-}
 
 /* ---- layers built by hand ---------------------------------------------------- */
 
@@ -264,7 +252,7 @@ static int run_layer(int rows, int cols, int d, int n, const int *toks, int ntok
 
 static void test_shapes(void **state) {
     (void)state;
-    if (!have_gpu()) skip();
+    if (!tu_have_gpu()) skip();
     tu_seed(1234);
     static const int toks[] = {1, 2, 3, 8, 17, 64};
     static const int shapes[][4] = {
@@ -300,7 +288,7 @@ static void test_shapes(void **state) {
 
 static void test_errors(void **state) {
     (void)state;
-    if (!have_gpu()) skip();
+    if (!tu_have_gpu()) skip();
     tu_seed(7);
     void *dev = (void *)1;
     assert_int_equal(spqr_cc_cuda_upload(NULL, &dev, NULL), SPQR_ERR_INVALID_ARG);

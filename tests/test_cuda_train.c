@@ -36,18 +36,6 @@
 
 #define TOL 1e-4
 
-static int g_have_gpu = -1;
-static int have_gpu(void) {
-    if (g_have_gpu < 0) {
-        char name[256];
-        g_have_gpu = spqr_cuda_available(name, sizeof name) == SPQR_OK;
-        if (g_have_gpu)
-            printf("CUDA device: %s\n", name);
-        else
-            printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
-    }
-    return g_have_gpu;
-}
 
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -230,7 +218,7 @@ static void test_errors(void **state) {
     assert_int_equal(spqr_tblock_gpu_new(&bad, 1, 7, &h), SPQR_ERR_INVALID_ARG);
     assert_true(spqr_tblock_gpu_bytes(&c, 2, 33) > 0);
     assert_int_equal(spqr_tblock_gpu_forward(NULL, NULL, 1, 1, NULL), SPQR_ERR_INVALID_ARG);
-    if (!have_gpu()) {
+    if (!tu_have_gpu()) {
         assert_int_equal(spqr_tblock_gpu_new(&c, 1, 7, &h), SPQR_ERR_NO_DEVICE);
         assert_null(h);
         return;
@@ -256,7 +244,7 @@ static void test_errors(void **state) {
 /* tiny awkward shapes, both RoPE layouts, q/k/v biases on one */
 static void test_tiny(void **state) {
     (void)state;
-    if (!have_gpu()) skip();
+    if (!tu_have_gpu()) skip();
     tu_seed(1301);
     for (int interleaved = 0; interleaved < 2; interleaved++) {
         spqr_config c = cfg(40, 72, 4, 2, 10, interleaved);
@@ -300,7 +288,7 @@ static void test_tiny(void **state) {
 /* the ref-40m block */
 static void test_medium(void **state) {
     (void)state;
-    if (!have_gpu()) skip();
+    if (!tu_have_gpu()) skip();
     tu_seed(1302);
     spqr_config c = cfg(512, 1408, 8, 4, 64, 0);
     wts w;

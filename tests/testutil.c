@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernels/cuda/cuda_rt.h"
+
 #ifndef SPQR_SOURCE_DIR
 #define SPQR_SOURCE_DIR "."
 #endif
@@ -115,4 +117,17 @@ float tu_rand_normal(void) {
     float u1 = tu_rand_uniform(), u2 = tu_rand_uniform();
     if (u1 < 1e-7f) u1 = 1e-7f;
     return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
+}
+
+int tu_have_gpu(void) {
+    static int have = -1;
+    if (have < 0) {
+        char name[256];
+        have = spqr_cuda_available(name, sizeof name) == SPQR_OK;
+        if (have)
+            printf("CUDA device: %s\n", name);
+        else
+            printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
+    }
+    return have;
 }

@@ -15,6 +15,9 @@
 const char *tu_shared(const char *rel);
 /* True if the shared folder holds rel; otherwise prints a SKIP line. */
 int tu_have_shared(const char *rel);
+/* 1 when a usable CUDA device exists (asked once; prints the device, or
+ * SKIP and the reason). */
+int tu_have_gpu(void);
 
 /* Run the spqr CLI (the one built beside the tests, or $SPQR_TEST_CLI when
  * set, e.g. for test binaries copied to another machine) with the given
