@@ -4,12 +4,8 @@
 
 #include <stdio.h>
 
-typedef struct {
-    const spqr_block_ctx *ctx;
-} say_t;
-
 static void on_epoch(void *user, int epoch, int epochs, double loss, double elapsed, double eta) {
-    const spqr_block_ctx *ctx = ((say_t *)user)->ctx;
+    const spqr_block_ctx *ctx = user;
     if (!ctx->say) return;
     char buf[160];
     if (epoch == 0)
@@ -31,9 +27,8 @@ spqr_status spqr_btune_run(const spqr_btune_params *bp, spqr_block_ctx *ctx) {
     o.train_norms = bp->norms;
     o.seed = ctx->seed;
     o.gpu = bp->device == 1;
-    say_t s = {ctx};
     o.progress = on_epoch;
-    o.user = &s;
+    o.user = ctx;
     spqr_tune_report rep;
     spqr_status st = spqr_tune_block(ctx->m, ctx->layer, ctx->X_in, ctx->Y_ref, ctx->nseq, ctx->seqlen, &o, &rep);
     if (st) return st;
