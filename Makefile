@@ -46,6 +46,7 @@ fuzz: deps
 	$(BUILD)-fuzz/fuzz_cluscomp -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus-cluscomp
 
 demo: build
+	@scripts/install-deps.sh --plots
 	./$(BUILD)/spqr eval $(MODEL) --data $(SHARED)/data/eval/ptb_test.txt --seqlen 512
 	./$(BUILD)/spqr quantize $(MODEL) --method spqr --bits 4 --group-size 16 --stat-bits 3 \
 	    --stat-group-size 16 --outlier-threshold 0.2 --calib $(SHARED)/data/calib/corpus_calib.txt \
