@@ -137,10 +137,11 @@ if [ -n "$NEED_OPT" ]; then
 fi
 
 machine_line() {
-  local m
+  local m g
   m="$(ncores) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
   if gpu_requested; then
-    m="$m, GPU $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || true)"
+    g=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 || true)
+    m="$m, GPU ${g:-none found (CPU fallback)}"
   fi
   echo "$m"
 }
@@ -185,7 +186,7 @@ measure() { # label method options seed -> writes the cell file (atomically)
   for t in $TEXTS; do
     # shellcheck disable=SC2086
     ppl=$(OMP_NUM_THREADS=$THREADS "$SPQR" eval "$f" --data "$SHARED/data/eval/$t" --seqlen $S $extra $EVAL_ARGS --json \
-      2>/dev/null | tail -n1 | jget ppl)
+      2>/dev/null | tail -n1 | jget ppl || true)
     if [ -z "$ppl" ]; then echo "ablate: eval failed for '$label' seed $seed on $t" >&2; rm -f "$f" "$tmp"; return 1; fi
     echo "ppl_${t%%.*}=$ppl" >>"$tmp"
   done
@@ -193,7 +194,7 @@ measure() { # label method options seed -> writes the cell file (atomically)
     [ "$ZS_LIMIT" -gt 0 ] && zx="--limit $ZS_LIMIT"
     gpu_requested && zx="$zx --gpu"
     # shellcheck disable=SC2086
-    js=$(OMP_NUM_THREADS=$THREADS "$SPQR" zeroshot "$f" $zx --json 2>/dev/null | tail -n1)
+    js=$(OMP_NUM_THREADS=$THREADS "$SPQR" zeroshot "$f" $zx --json 2>/dev/null | tail -n1 || true)
     if [ -z "$js" ]; then echo "ablate: zeroshot failed for '$label' seed $seed" >&2; rm -f "$f" "$tmp"; return 1; fi
     echo "zs_mean=$(echo "$js" | jget mean_acc)" >>"$tmp"
     for task in $TASKS; do
@@ -312,7 +313,7 @@ summarize() {
 summarize >"$WORK/summary.tsv"
 # machines the cells ran on
 machines=$( { [ -s "$fpfile" ] && cval "$fpfile" machine; while read -r _i f; do cval "$f" machine; done <"$WORK/cells.lst"; } |
-  sort | uniq -c | awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%d cells)", (NR > 1 ? "; " : ""), $0, n }')
+  sort | uniq -c | awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "%s%s (%d cell%s)", (NR > 1 ? "; " : ""), $0, n, (n == 1 ? "" : "s") }')
 versions=$( { while read -r _i f; do cval "$f" spqr_version; done <"$WORK/cells.lst"; } | sort -u | paste -sd ';' - | sed 's/;/; /g')
 
 # ---- tables ------------------------------------------------------------------------
@@ -323,7 +324,7 @@ for i in "${!CONFIGS[@]}"; do
 done >"$WORK/configs.tsv"
 
 # joined.tsv: configs.tsv fields, then the summary fields (from n on; "-" when not measured)
-awk -F'\t' -v OFS='\t' 'NR == FNR { s[$1] = $0; next }
+awk -F'\t' -v OFS='\t' 'FILENAME == ARGV[1] { s[$1] = $0; next }
   { if ($1 in s) { n = split(s[$1], a, "\t"); l = ""; for (j = 2; j <= n; j++) l = l OFS a[j]; print $0 l } else print $0, 0 }' \
   "$WORK/summary.tsv" "$WORK/configs.tsv" >"$WORK/joined.tsv"
 # fields of joined.tsv: 1 i 2 id 3 label 4 group 5 x 6 y 7 n 8 fbits 9 rbits 10 ol 11 olo 12 ohi
@@ -401,7 +402,7 @@ set palette defined (0 '#1a9850', 1 '#ffffbf', 2 '#d73027'); unset key; set view
 set offsets 0.5, 0.5, 0.5, 0.5
 plot '$1.dat' using 1:2:3 with points pt 5 ps 9 lc palette, '$1.dat' using 1:2:(sprintf('%+.2f', \$3)) with labels font ',9'"
 }
-if [ -n "$GP" ] && [ -s "$WORK/summary.tsv" ]; then
+if [ -n "$GP" ] && [ -s "$WORK/cells.lst" ]; then
   case "$STUDY" in
     tau)
       pl=""; pp=""
@@ -435,7 +436,7 @@ plot $pp"
     pareto)
       for col in 13:corpus_valid 22:c4; do
         fld=${col%%:*}; nm=${col#*:}; pp=""
-        awk -F'\t' -v f="$fld" '$7 > 0 && $(f) != "nan" { print $9, $(f) }' "$WORK/joined.tsv" | sort -g |
+        awk -F'\t' -v f="$fld" '$7 > 0 && $(f) != "nan" { print $9, $(f) }' "$WORK/joined.tsv" | sort -k1,1g -k2,2g |
           awk 'NR == 1 || $2 < best { print; best = $2 }' >"$WORK/front_$nm.dat"
         for g in $(groups_of); do
           awk -F'\t' -v g="$g" -v f="$fld" '$4 == g && $7 > 0 && $(f) != "nan" { print $9, $(f), $(f + 1), $(f + 2) }' "$WORK/joined.tsv" >"$WORK/pareto_${nm}_$g.dat"
@@ -479,7 +480,7 @@ cmdline+="scripts/ablate.sh $STUDY $MODEL"
   if [ "$ZEROSHOT" = 1 ]; then
     echo "- Zero-shot: \`spqr zeroshot\`$( [ "$ZS_LIMIT" -gt 0 ] && echo ", first $ZS_LIMIT documents of each task only (ZS_LIMIT=$ZS_LIMIT)" || echo ", every document")$(gpu_requested && echo ", with \`--gpu\`")."
   else echo "- Zero-shot: not measured (ZEROSHOT=0)."; fi
-  echo "- Cells: $ncells of $((nconf * $(echo "$SEEDS" | wc -w))) (configurations x seeds) in the cache, plus the fp cell; measured on: ${machines:-none}; sum of the cells' measured wall times (quantize + evaluation) $total_wall s."
+  echo "- Cells: $ncells of $((nconf * $(echo "$SEEDS" | wc -w))) (configurations x seeds) in the cache, $([ -s "$fpfile" ] && echo "plus the fp cell" || echo "fp cell missing"); measured on: ${machines:-none}; sum of the cells' measured wall times (quantize + evaluation) $total_wall s."
   [ -n "$versions" ] && echo "- spqr: $versions."
   [ "$HAVE_OPT" = 1 ] || echo "- \`$NEED_OPT\` is not available in this build ($SPQR): its cells are not measured."
   echo
@@ -508,7 +509,7 @@ cmdline+="scripts/ablate.sh $STUDY $MODEL"
     echo
     for col in 13:corpus_valid 22:c4; do
       fld=${col%%:*}
-      echo "- ${col#*:}: $(awk -F'\t' -v f="$fld" '$7 > 0 && $(f) != "nan" { print $9 "\t" $(f) "\t" $3 }' "$WORK/joined.tsv" | sort -g |
+      echo "- ${col#*:}: $(awk -F'\t' -v f="$fld" '$7 > 0 && $(f) != "nan" { print $9 "\t" $(f) "\t" $3 }' "$WORK/joined.tsv" | sort -t "$(printf '\t')" -k1,1g -k2,2g |
         awk -F'\t' 'NR == 1 || $2 < best { printf "%s%s (%.3f bits, %+.2f%%)", (n++ ? ", " : ""), $3, $1, $2; best = $2 }')."
     done
     echo
