@@ -36,7 +36,9 @@
 #   EVAL_ARGS      extra options of spqr eval (e.g. --gpu; --gpu also for zeroshot)
 #   ONLY           extended regex on "LABEL seed=K" of the cells to measure
 #                  (e.g. ONLY='w3' or ONLY='seed=0$'); the document still lists
-#                  every cell of the study (missing ones as "not measured")
+#                  every cell of the study (missing ones as "not measured"); the
+#                  fp cell (the unquantized model, the reference) is always measured
+#                  when it is not in the cache
 #   ASSEMBLE_ONLY  1 = measure nothing, write the section from the cache only
 #   ABLATE_OUT     document (docs/ABLATIONS.md); plots go to
 #                  $(dirname ABLATE_OUT)/ablations/STUDY*.png
