@@ -300,6 +300,11 @@ typedef struct spqr_file_info {
     spqr_layer_info *layers;
     int64_t quantized_params, quantized_bytes, n_outliers;
     double avg_bits_formula, avg_bits_real;
+    /* XXH3-64 over the file's content apart from wall-clock fields: the
+     * metadata JSON with provenance "seconds" removed (printed canonically),
+     * then every tensor's name, dtype, shape and data bytes in directory
+     * order. Two runs that produced the same model give the same digest. */
+    uint64_t content_digest;
 } spqr_file_info;
 
 /* Describe a .spqr file from the tensors actually stored (every layer is

@@ -15,6 +15,11 @@
 # the main set; ZEROSHOT=0 leaves them out, ZS_LIMIT=N scores only the first N
 # documents of each task (the table says so); `--gpu` in EVAL_ARGS applies to
 # them too.
+# ROWS_DIR keeps each measured row (one file per configuration; rows already
+# there are not measured again), so a long run can be done in parts and
+# resumed; use one ROWS_DIR per set of settings. Several runs may share one
+# ROWS_DIR at once (each takes the rows no other has started), e.g. two runs
+# side by side on a many-core machine; a last run then writes the table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SPQR_SHARED:-../shared}
@@ -24,6 +29,8 @@ SPQR=${SPQR_BIN:-./build/spqr}
 OUT=${RESULTS_OUT:-docs/RESULTS.md}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+ROWS=${ROWS_DIR:-$WORK/rows}
+mkdir -p "$ROWS"
 CALIB=$SHARED/data/calib/corpus_calib.txt
 TEXTS="corpus_valid.txt wikitext2_test.raw ptb_test.txt c4_sample.utf8"
 S=512
@@ -84,21 +91,36 @@ FP_PPL=""  # perplexity of the fp model per text, for the relative change
   echo "| method | formula bits | file bits | outliers | corpus_valid | wikitext2 | ptb | c4 |$(zs_head) quantize s |"
   echo "|---|---|---|---|---|---|---|---|$(zs_rule)---|"
 } > "$WORK/table.md"
-fprow=$(eval_all "$MODEL")
+# key of a row file: the configuration's name with every odd character as _
+key_of() { echo "$SET.$1" | tr -c 'A-Za-z0-9.=\n-' '_'; }
+if [ ! -s "$ROWS/$(key_of fp)" ]; then
+  fprow=$(eval_all "$MODEL")
+  fpzs=""
+  [ "$SET" = tau ] || fpzs=$(zs_all "$MODEL")
+  echo "$fprow" >"$ROWS/$(key_of fp).tmp" && echo "$fpzs" >>"$ROWS/$(key_of fp).tmp"
+  mv "$ROWS/$(key_of fp).tmp" "$ROWS/$(key_of fp)"
+fi
+fprow=$(sed -n 1p "$ROWS/$(key_of fp)"); fpzs=$(sed -n 2p "$ROWS/$(key_of fp)")
 FP_PPL=$(echo "$fprow" | tr -d '|' | xargs)
-[ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$fprow$(zs_all "$MODEL") - |" >> "$WORK/table.md"
+[ "$SET" = tau ] || echo "| fp (bf16 weights, fp32 compute) | 16 | 16 | - |$fprow$fpzs - |" >> "$WORK/table.md"
 cat "$WORK/table.md" >&2
 
 for c in "${CONFIGS[@]}"; do
   IFS='|' read -r name method opts <<<"$c"
-  f="$WORK/q.spqr"
-  # shellcheck disable=SC2086
-  js=$($SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" --nsamples 128 --seqlen $S -o "$f" --json --quiet | tail -n1)
-  fb=$(echo "$js" | jget avg_bits_formula); rb=$(echo "$js" | jget avg_bits_real)
-  ol=$(echo "$js" | jget outlier_share); secs=$(echo "$js" | jget seconds)
-  line="| $name | $(printf '%.3f' "$fb") | $(printf '%.3f' "$rb") | $(awk "BEGIN{printf \"%.3f%%\", 100*$ol}") |$(eval_all "$f")$(zs_all "$f") $(printf '%.0f' "$secs") |"
-  echo "$line" | tee -a "$WORK/table.md" >&2
-  rm -f "$f"
+  row=$ROWS/$(key_of "$name")
+  # a row being measured by another run on the same ROWS_DIR is skipped here
+  if [ ! -s "$row" ] && mkdir "$row.lock" 2>/dev/null; then
+    f="$WORK/q.spqr"
+    # shellcheck disable=SC2086
+    js=$($SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" --nsamples 128 --seqlen $S -o "$f" --json --quiet | tail -n1)
+    fb=$(echo "$js" | jget avg_bits_formula); rb=$(echo "$js" | jget avg_bits_real)
+    ol=$(echo "$js" | jget outlier_share); secs=$(echo "$js" | jget seconds)
+    echo "| $name | $(printf '%.3f' "$fb") | $(printf '%.3f' "$rb") | $(awk "BEGIN{printf \"%.3f%%\", 100*$ol}") |$(eval_all "$f")$(zs_all "$f") $(printf '%.0f' "$secs") |" >"$row.tmp"
+    mv "$row.tmp" "$row"
+    rm -f "$f"
+    rmdir "$row.lock"
+  fi
+  if [ -s "$row" ]; then tee -a "$WORK/table.md" <"$row" >&2; else echo "| $name | not measured (being measured by another run) |" | tee -a "$WORK/table.md" >&2; fi
 done
 cp "$WORK/table.md" "$OUT"
 echo "wrote $OUT" >&2

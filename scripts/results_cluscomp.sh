@@ -24,7 +24,9 @@
 # configuration; those already there are not run again), so a long grid can
 # be run in parts (RUN_ALGOS limits a part to some algorithms, RUN_EXTRA=0
 # skips the seed and comparison rows) and ASSEMBLE_ONLY=1 writes the document
-# from the cells alone. RESULTS_OUT (default
+# from the cells alone. QUANT_ARGS adds options to every quantization (e.g.
+# QUANT_ARGS="--tune-device gpu" tunes blocks on a CUDA device; the table
+# says so). RESULTS_OUT (default
 # docs/RESULTS_CLUSCOMP.md). Needs a release build in build/ (or SPQR_BIN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,7 +119,7 @@ run_one() { # index
   local f=$WORK/q$1.spqr out
   out=$ROWS/$(key_of "$1")
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=$THREADS $SPQR quantize "$MODEL" --method "$method" $opts --calib "$CALIB" \
+  OMP_NUM_THREADS=$THREADS $SPQR quantize "$MODEL" --method "$method" $opts ${QUANT_ARGS:-} --calib "$CALIB" \
     --nsamples 128 --seqlen $S --seed "$seed" -o "$f" --json --quiet >"$WORK/q$1.json" 2>"$WORK/q$1.err" || true
   local js
   js=$(tail -n1 "$WORK/q$1.json" 2>/dev/null || true)
@@ -181,7 +183,7 @@ rows_of() {
   echo "the blocks' RMSNorm weights with the codes fixed (steps relative to each value's size, lr 3e-3, 20 epochs)."
   echo "Perplexity at seqlen $S with the REFERENCE.json protocol$( [ "$WINDOWS" -gt 0 ] && echo ", first $WINDOWS windows of each text only"); parentheses: change against fp."
   where_line
-  echo "Quantization: $JOBS at a time with $THREADS threads each; *quantize s* is the pipeline's time, *peak MiB*"
+  echo "Quantization: $JOBS at a time with $THREADS threads each$( [ -n "${QUANT_ARGS:-}" ] && echo ", extra options \`$QUANT_ARGS\`"); *quantize s* is the pipeline's time, *peak MiB*"
   echo "the process's peak resident memory."
   echo "Bits per quantized parameter: *formula* = ceil(log2 n) bits per d weights plus the fp16 codebook"
   echo "(16 n d bits) spread over the matrix, *file* = real bytes of the .spqr layers (indices padded to whole"

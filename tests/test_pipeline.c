@@ -364,6 +364,78 @@ static int teardown(void **s) {
     return 0;
 }
 
+
+/* The same inputs give the same file on 1 and 2 threads (issue: threaded
+ * BLAS and LAPACK split sums by the thread count; blas_fixed.h, hinv.c):
+ * equal content digests and equal bytes in every tensor; a different
+ * calibration seed gives a different digest (the digest sees the content). */
+static uint64_t quantize_digest(const char *method, const char *const *opts, int threads, const char *seed,
+                                const char *out) {
+    char calib[4200];
+    snprintf(calib, sizeof calib, "%s", tu_shared(TEXT));
+    spqr_model *m = load();
+    spqr_quant_config *qc = NULL;
+    assert_int_equal(spqr_quant_config_new(method, &qc), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "calib", calib), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "nsamples", "8"), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "seqlen", "128"), SPQR_OK);
+    assert_int_equal(spqr_quant_config_set(qc, "seed", seed), SPQR_OK);
+    for (int i = 0; opts[i]; i += 2) assert_int_equal(spqr_quant_config_set(qc, opts[i], opts[i + 1]), SPQR_OK);
+    spqr_set_num_threads(threads);
+    spqr_quant_summary sum;
+    spqr_status st = spqr_quantize(m, qc, out, &sum);
+    spqr_set_num_threads(0);
+    if (st) fprintf(stderr, "%s\n", spqr_last_error());
+    assert_int_equal(st, SPQR_OK);
+    spqr_quant_config_free(qc);
+    spqr_model_free(m);
+    spqr_file_info *fi = NULL;
+    assert_int_equal(spqr_inspect_file(out, 1, &fi), SPQR_OK);
+    uint64_t d = fi->content_digest;
+    spqr_file_info_free(fi);
+    return d;
+}
+
+static void test_same_file_on_any_thread_count(void **s) {
+    (void)s;
+    if (!tu_have_shared(MODEL)) skip();
+    static const char *const gptq[] = {"bits", "3", "group-size", "16", NULL};
+    static const char *const spqr[] = {"bits", "3", "group-size", "16", "stat-group-size", "16",
+                                       "outlier-threshold", "0.2", NULL};
+    static const char *const cc[] = {"clusters", "64", "cluster-dim", "4", "tune", "layer+block", "tune-epochs", "1",
+                                     NULL};
+    struct { const char *method; const char *const *opts; } cases[] = {{"gptq", gptq}, {"spqr", spqr},
+                                                                       {"cluscomp", cc}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char a[4200], b[4200];
+        snprintf(a, sizeof a, "%s/t1-%s.spqr", tu_tmpdir(), cases[i].method);
+        snprintf(b, sizeof b, "%s/t2-%s.spqr", tu_tmpdir(), cases[i].method);
+        uint64_t d1 = quantize_digest(cases[i].method, cases[i].opts, 1, "0", a);
+        uint64_t d2 = quantize_digest(cases[i].method, cases[i].opts, 2, "0", b);
+        printf("  %s: content digest %016llx on 1 thread, %016llx on 2\n", cases[i].method, (unsigned long long)d1,
+               (unsigned long long)d2);
+        assert_true(d1 == d2);
+        spqr_container *ca = NULL, *cb = NULL;
+        assert_int_equal(spqr_container_open(a, &ca), SPQR_OK);
+        assert_int_equal(spqr_container_open(b, &cb), SPQR_OK);
+        assert_int_equal(spqr_container_count(ca), spqr_container_count(cb));
+        for (size_t k = 0; k < spqr_container_count(ca); k++) {
+            spqr_ctensor ta, tb;
+            assert_int_equal(spqr_container_tensor(ca, k, &ta), SPQR_OK);
+            assert_int_equal(spqr_container_tensor(cb, k, &tb), SPQR_OK);
+            assert_string_equal(ta.name, tb.name);
+            assert_int_equal(ta.nbytes, tb.nbytes);
+            assert_memory_equal(ta.data, tb.data, ta.nbytes);
+        }
+        spqr_container_close(ca);
+        spqr_container_close(cb);
+        uint64_t d3 = quantize_digest(cases[i].method, cases[i].opts, 2, "1", b);
+        assert_true(d3 != d1);
+        remove(a);
+        remove(b);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_spqr_file_matches_simulation), cmocka_unit_test(test_gptq_file_matches_simulation),
@@ -371,6 +443,7 @@ int main(void) {
         cmocka_unit_test(test_group_does_not_fit),           cmocka_unit_test(test_calib_too_short),
         cmocka_unit_test(test_nan_hessian),
         cmocka_unit_test(test_corrupt_model_files),
+        cmocka_unit_test(test_same_file_on_any_thread_count),
     };
     return cmocka_run_group_tests(tests, NULL, teardown);
 }

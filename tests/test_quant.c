@@ -420,32 +420,60 @@ static void test_minmax_and_loo(void **state) {
 
 static void test_chol_inverse_upper(void **state) {
     (void)state;
+    /* one block, exact multiples of the block (64) and ragged sizes */
+    const int sizes[] = {1, 37, 64, 65, 130, 203};
+    for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+        const int n = sizes[si];
+        calib c = make_calib(n, 3 * n + 20, 11 + (uint64_t)n);
+        const size_t nn = (size_t)n * (size_t)n;
+        double *A = malloc(sizeof(double) * nn), *B = malloc(sizeof(double) * nn), *R = malloc(sizeof(double) * nn),
+               *A1 = malloc(sizeof(double) * nn);
+        for (size_t i = 0; i < nn; i++) A[i] = c.H[i];
+        for (int i = 0; i < n; i++) A[i * n + i] += 0.01;
+        memcpy(B, A, sizeof(double) * nn);
+        memcpy(R, A, sizeof(double) * nn);
+        memcpy(A1, A, sizeof(double) * nn);
+        spqr_set_num_threads(2);
+        assert_int_equal(spqr_chol_inverse_upper(A, n), SPQR_OK);
+        spqr_set_num_threads(1);
+        assert_int_equal(spqr_chol_inverse_upper(A1, n), SPQR_OK);
+        spqr_set_num_threads(0);
+        /* the same bits on one and two threads */
+        assert_memory_equal(A, A1, sizeof(double) * nn);
+        assert_int_equal(spqr_chol_inverse_upper_ref(R, n), SPQR_OK);
+        /* reference: potrf + potri + potrf on the inverse (upper) */
+        assert_int_equal(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
+        assert_int_equal(LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
+        assert_int_equal(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
+        double maxd = 0, maxr = 0, maxv = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                double u = j >= i ? B[i * n + j] : 0.0;
+                if (j < i) assert_true(A[i * n + j] == 0.0);
+                maxd = fmax(maxd, fabs(A[i * n + j] - u));
+                maxr = fmax(maxr, fabs(A[i * n + j] - R[i * n + j]));
+                maxv = fmax(maxv, fabs(u));
+            }
+        assert_true(maxd <= 1e-9 * maxv);
+        assert_true(maxr <= 1e-11 * maxv);
+        free(A);
+        free(A1);
+        free(B);
+        free(R);
+        free_calib(&c);
+    }
     const int n = 37;
-    calib c = make_calib(n, 200, 11);
-    double *A = malloc(sizeof(double) * n * n), *B = malloc(sizeof(double) * n * n);
-    for (int i = 0; i < n * n; i++) A[i] = c.H[i];
-    for (int i = 0; i < n; i++) A[i * n + i] += 0.01;
-    memcpy(B, A, sizeof(double) * n * n);
-    assert_int_equal(spqr_chol_inverse_upper(A, n), SPQR_OK);
-    /* reference: potrf + potri + potrf on the inverse (upper) */
-    assert_int_equal(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
-    assert_int_equal(LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
-    assert_int_equal(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', n, B, n), 0);
-    double maxd = 0, maxv = 0;
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++) {
-            double u = j >= i ? B[i * n + j] : 0.0;
-            if (j < i) assert_true(A[i * n + j] == 0.0);
-            maxd = fmax(maxd, fabs(A[i * n + j] - u));
-            maxv = fmax(maxv, fabs(u));
-        }
-    assert_true(maxd <= 1e-9 * maxv);
+    double *A = malloc(sizeof(double) * n * n);
     /* not positive definite */
     for (int i = 0; i < n * n; i++) A[i] = (i % (n + 1) == 0) ? -1.0 : 0.0;
     assert_int_equal(spqr_chol_inverse_upper(A, n), SPQR_ERR_NUMERIC);
+    /* ... past the first block */
+    const int n2 = 100;
+    double *A2 = calloc((size_t)n2 * n2, sizeof *A2);
+    for (int i = 0; i < n2; i++) A2[i * n2 + i] = i == 20 ? -1.0 : 1.0; /* reversed: row 79 */
+    assert_int_equal(spqr_chol_inverse_upper(A2, n2), SPQR_ERR_NUMERIC);
+    free(A2);
     free(A);
-    free(B);
-    free_calib(&c);
 }
 
 static void test_gptq_beats_rtn(void **state) {

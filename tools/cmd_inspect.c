@@ -9,7 +9,8 @@
 static void help(void) {
     printf("usage: spqr inspect FILE.spqr [--verify] [--json]\n"
            "Prints the model config, how the file was made, and per-layer bits and outliers.\n"
-           "--verify checks every tensor's checksum. With --json the last stdout line is JSON.\n");
+           "--verify checks every tensor's checksum. With --json the last stdout line is JSON.\n"
+           "content_digest: a hash of everything in the file except wall-clock fields (reproducibility checks).\n");
 }
 
 int cmd_inspect(int argc, char **argv) {
@@ -32,6 +33,9 @@ int cmd_inspect(int argc, char **argv) {
     printf("file        %s (%llu bytes, format v%d.%d, model layout %d, %zu tensors)%s\n", path,
            (unsigned long long)fi->file_bytes, fi->version_major, fi->version_minor, fi->model_layout, fi->n_tensors,
            verify ? ", checksums OK" : "");
+    char digest[17];
+    snprintf(digest, sizeof digest, "%016llx", (unsigned long long)fi->content_digest);
+    printf("digest      %s (content without wall-clock fields)\n", digest);
     printf("config      %s\n", fi->config_json);
     printf("provenance  %s\n", fi->provenance_json);
     printf("%-22s %11s %-8s %-22s %9s %9s %9s\n", "layer", "shape", "layout", "parameters", "outliers", "formula",
@@ -66,6 +70,7 @@ int cmd_inspect(int argc, char **argv) {
         cJSON_AddStringToObject(o, "file", path);
         cJSON_AddNumberToObject(o, "file_bytes", (double)fi->file_bytes);
         cJSON_AddBoolToObject(o, "verified", fi->verified);
+        cJSON_AddStringToObject(o, "content_digest", digest);
         cJSON_AddNumberToObject(o, "model_layout", fi->model_layout);
         cJSON_AddNumberToObject(o, "quantized_params", (double)qp);
         cJSON_AddNumberToObject(o, "quantized_bytes", (double)fi->quantized_bytes);

@@ -9,6 +9,7 @@
 
 #include "gpu/gpu_model.h"
 #include "model.h"
+#include "../kernels/cpu/blas_fixed.h"
 
 void spqr_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     float ss = 0.0f;
@@ -90,7 +91,7 @@ static spqr_status attention(const spqr_config *c, const float *Q, const float *
         for (int h = 0; h < nh; h++) {
             float *P = scratch + (size_t)omp_get_thread_num() * per;
             const float *Kh = K + (size_t)(h / kv_mul) * hd, *Vh = V + (size_t)(h / kv_mul) * hd;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, ctx, hd, scale, Q + (size_t)h * hd, qd, Kh, kvd,
+            spqr_sgemm_fixed(false, true, T, ctx, hd, scale, Q + (size_t)h * hd, qd, Kh, kvd,
                         0.0f, P, ctx);
             for (int t = 0; t < T; t++) {
                 float *row = P + (size_t)t * ctx;
@@ -98,7 +99,7 @@ static spqr_status attention(const spqr_config *c, const float *Q, const float *
                 spqr_softmax_row(row, n);
                 for (int s = n; s < ctx; s++) row[s] = 0.0f;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, ctx, 1.0f, P, ctx, Vh, kvd, 0.0f,
+            spqr_sgemm_fixed(false, false, T, hd, ctx, 1.0f, P, ctx, Vh, kvd, 0.0f,
                         Out + (size_t)h * hd, qd);
         }
         free(scratch);

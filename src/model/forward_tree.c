@@ -10,6 +10,7 @@
 
 #include "../kernels/cpu/cpu.h"
 #include "forward_tree.h"
+#include "../kernels/cpu/blas_fixed.h"
 
 #define SCORE_CHUNK 512
 
@@ -65,7 +66,7 @@ static spqr_status tree_attention(const spqr_config *c, const spqr_tree_batch *b
         const float *Qh = Q + (size_t)s0 * qd + (size_t)h * hd;
         const float *Kh = K + (size_t)s0 * kvd + (size_t)(h / kv_mul) * hd;
         const float *Vh = V + (size_t)s0 * kvd + (size_t)(h / kv_mul) * hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, hd, scale, Qh, qd, Kh, kvd, 0.0f, P, L);
+        spqr_sgemm_fixed(false, true, L, L, hd, scale, Qh, qd, Kh, kvd, 0.0f, P, L);
         for (int i = 0; i < L; i++) {
             float *row = P + (size_t)i * L;
             int bi = br[i];
@@ -84,7 +85,7 @@ static spqr_status tree_attention(const spqr_config *c, const spqr_tree_batch *b
             for (int j = 0; j <= i; j++) row[j] /= sum;
             for (int j = i + 1; j < L; j++) row[j] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, hd, L, 1.0f, P, L, Vh, kvd, 0.0f,
+        spqr_sgemm_fixed(false, false, L, hd, L, 1.0f, P, L, Vh, kvd, 0.0f,
                     Out + (size_t)s0 * qd + (size_t)h * hd, qd);
     }
     free(scratch);

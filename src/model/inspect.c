@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <xxhash.h>
 
 #include "../io/container.h"
 #include "model.h"
@@ -21,6 +22,44 @@ static char *json_or_empty(const cJSON *j) {
     return t ? t : strdup("{}");
 }
 
+/* The wall-clock fields of the metadata, left out of the content digest. */
+static const char *const wall_clock_keys[] = {"seconds"};
+
+/* content_digest (see spqr.h): metadata without wall-clock fields, then every
+ * tensor's name, dtype, shape and bytes. */
+static spqr_status content_digest(const spqr_container *c, uint64_t *out) {
+    cJSON *root = cJSON_Parse(spqr_container_metadata(c));
+    if (!root) return spqr_fail(SPQR_ERR_FORMAT, "%s: metadata is not JSON", spqr_container_path(c));
+    cJSON *prov = cJSON_GetObjectItemCaseSensitive(root, "provenance");
+    for (size_t k = 0; k < sizeof wall_clock_keys / sizeof *wall_clock_keys; k++)
+        cJSON_DeleteItemFromObjectCaseSensitive(prov, wall_clock_keys[k]);
+    char *meta = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    XXH3_state_t *hs = XXH3_createState();
+    if (!meta || !hs) {
+        free(meta);
+        XXH3_freeState(hs);
+        return spqr_fail(SPQR_ERR_NOMEM, "out of memory");
+    }
+    XXH3_64bits_reset(hs);
+    XXH3_64bits_update(hs, meta, strlen(meta) + 1);
+    free(meta);
+    spqr_status st = SPQR_OK;
+    for (size_t i = 0; !st && i < spqr_container_count(c); i++) {
+        spqr_ctensor t;
+        st = spqr_container_tensor(c, i, &t);
+        if (st) break;
+        uint64_t head[2 + SPQR_CONTAINER_MAX_NDIM] = {(uint64_t)t.dtype, (uint64_t)t.ndim};
+        for (int d = 0; d < t.ndim; d++) head[2 + d] = t.dims[d];
+        XXH3_64bits_update(hs, t.name, strlen(t.name) + 1);
+        XXH3_64bits_update(hs, head, sizeof head);
+        XXH3_64bits_update(hs, t.nbytes ? t.data : "", t.nbytes);
+    }
+    *out = XXH3_64bits_digest(hs);
+    XXH3_freeState(hs);
+    return st;
+}
+
 spqr_status spqr_inspect_file(const char *path, int verify, spqr_file_info **out) {
     *out = NULL;
     spqr_container *c = NULL;
@@ -36,6 +75,7 @@ spqr_status spqr_inspect_file(const char *path, int verify, spqr_file_info **out
         st = spqr_container_verify(c, bad, sizeof bad);
         info->verified = st == SPQR_OK;
     }
+    if (!st) st = content_digest(c, &info->content_digest);
     info->file_bytes = spqr_container_file_size(c);
     info->n_tensors = spqr_container_count(c);
     spqr_container_version(c, &info->version_major, &info->version_minor);

@@ -21,6 +21,7 @@
 
 #include "../model/model_file.h"
 #include "pipeline.h"
+#include "../kernels/cpu/blas_fixed.h"
 
 #define SEQ_BATCH_TOKENS 4096 /* tokens per forward batch during calibration */
 #define HESS_CHUNK 256
@@ -48,7 +49,7 @@ static int hess_hook(void *user, int which, const float *X, int T, int cols) {
     size_t C = (size_t)cols;
     for (int t0 = 0; t0 < T; t0 += HESS_CHUNK) {
         int n = T - t0 < HESS_CHUNK ? T - t0 : HESS_CHUNK;
-        cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, cols, n, 1.0f, X + (size_t)t0 * C, cols, 0.0f, a->XtX,
+        spqr_ssyrk_fixed(cols, n, 1.0f, X + (size_t)t0 * C, cols, 0.0f, a->XtX,
                     cols);
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
         for (size_t i = 0; i < C; i++)

@@ -2,6 +2,7 @@
  * preparation, working weights, column blocks with lazy batch updates,
  * parallel row tiles, committed weights. */
 #include "gptq_driver.h"
+#include "../kernels/cpu/blas_fixed.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -224,7 +225,7 @@ spqr_status spqr_gptq_run(const float *W, int rows, int cols, const double *H, c
         }
         if (oom) goto nomem;
         if (gptq && e < cols)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cols - e, rows, e - b, -1.0f,
+            spqr_sgemm_fixed(true, false, cols - e, rows, e - b, -1.0f,
                         Uf + (size_t)b * cols + e, cols, Err, rows, 1.0f, Wt + (size_t)e * rows,
                         rows);
         b = e;

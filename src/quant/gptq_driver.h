@@ -60,7 +60,13 @@ spqr_status spqr_gptq_run(const float *W, int rows, int cols, const double *H, c
 /* Upper Cholesky factor U of A^-1 (A^-1 = U^T U) for a symmetric positive
  * definite A [n][n] row-major (the full matrix must be present). A is
  * overwritten with U (strictly lower part zeroed). Returns SPQR_OK, or
- * SPQR_ERR_NUMERIC (no message recorded) when A is not positive definite. */
+ * SPQR_ERR_NUMERIC (no message recorded) when A is not positive definite,
+ * SPQR_ERR_NOMEM. Blocked by hand so that the result has the same bits on
+ * any thread count. */
 spqr_status spqr_chol_inverse_upper(double *A, int n);
+/* The same through LAPACK's dpotrf + dtrtri (threaded: the bits depend on the
+ * thread count); the reference of the blocked version above, which gives
+ * the same bits on any thread count. */
+spqr_status spqr_chol_inverse_upper_ref(double *A, int n);
 
 #endif

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "train_ops.h"
+#include "../kernels/cpu/blas_fixed.h"
 
 /* ---- RMSNorm ------------------------------------------------------------------
  * y_i = w_i r x_i with r = (sum_j x_j^2 / n + eps)^(-1/2), so
@@ -139,7 +140,7 @@ static void attn_probs(const spqr_config *c, const float *Q, const float *K, int
     const int hd = c->head_dim, qd = c->n_heads * hd, kvd = c->n_kv_heads * hd;
     const int kvh = h / (c->n_heads / c->n_kv_heads);
     const float scale = 1.0f / sqrtf((float)hd);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, Q + (size_t)h * hd, qd,
+    spqr_sgemm_fixed(false, true, T, T, hd, scale, Q + (size_t)h * hd, qd,
                 K + (size_t)kvh * hd, kvd, 0.0f, P, T);
     for (int t = 0; t < T; t++) {
         float *row = P + (size_t)t * T;
@@ -158,7 +159,7 @@ spqr_status spqr_attn_fwd(const spqr_config *c, const float *Q, const float *K, 
     for (int h = 0; h < nh; h++) {
         float *P = scratch + (size_t)omp_get_thread_num() * per;
         attn_probs(c, Q, K, h, T, P);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, V + (size_t)(h / kv_mul) * hd,
+        spqr_sgemm_fixed(false, false, T, hd, T, 1.0f, P, T, V + (size_t)(h / kv_mul) * hd,
                     kvd, 0.0f, Out + (size_t)h * hd, qd);
     }
     free(scratch);
@@ -194,9 +195,9 @@ spqr_status spqr_attn_bwd(const spqr_config *c, const float *Q, const float *K, 
         const float *Kh = K + (size_t)kvh * hd, *Vh = V + (size_t)kvh * hd;
         const float *Qh = Q + (size_t)h * hd, *dOh = dO + (size_t)h * hd;
         attn_probs(c, Q, K, h, T, P);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dOh, qd, 0.0f, gV + (size_t)h * hd,
+        spqr_sgemm_fixed(true, false, T, hd, T, 1.0f, P, T, dOh, qd, 0.0f, gV + (size_t)h * hd,
                     qd);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dOh, qd, Vh, kvd, 0.0f, dP, T);
+        spqr_sgemm_fixed(false, true, T, T, hd, 1.0f, dOh, qd, Vh, kvd, 0.0f, dP, T);
         for (int t = 0; t < T; t++) { /* dP <- dS */
             const float *p = P + (size_t)t * T;
             float *d = dP + (size_t)t * T;
@@ -205,9 +206,9 @@ spqr_status spqr_attn_bwd(const spqr_config *c, const float *Q, const float *K, 
             for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot);
             for (int s = t + 1; s < T; s++) d[s] = 0.0f;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, scale, dP, T, Kh, kvd, 0.0f,
+        spqr_sgemm_fixed(false, false, T, hd, T, scale, dP, T, Kh, kvd, 0.0f,
                     dQ + (size_t)h * hd, qd);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, scale, dP, T, Qh, qd, 0.0f, gK + (size_t)h * hd,
+        spqr_sgemm_fixed(true, false, T, hd, T, scale, dP, T, Qh, qd, 0.0f, gK + (size_t)h * hd,
                     qd);
     }
     if (kv_mul > 1) {
@@ -341,7 +342,7 @@ void spqr_swiglu_bwd_ref(double *dg, double *du, const double *dout, const doubl
 
 void spqr_lin_fwd(float *Y, const float *X, const float *W, const float *bias, int T, int rows, int cols) {
     /* the dense format's call (formats/dense), so the same floats */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, cols, 1.0f, X, cols, W, cols, 0.0f, Y, rows);
+    spqr_sgemm_fixed(false, true, T, rows, cols, 1.0f, X, cols, W, cols, 0.0f, Y, rows);
     if (bias)
         for (int t = 0; t < T; t++)
             for (int r = 0; r < rows; r++) Y[(size_t)t * rows + r] += bias[r];
@@ -349,10 +350,10 @@ void spqr_lin_fwd(float *Y, const float *X, const float *W, const float *bias, i
 
 void spqr_lin_bwd(float *dX, float *dW, const float *dY, const float *X, const float *W, int T, int rows, int cols) {
     if (dX)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, cols, rows, 1.0f, dY, rows, W, cols, 1.0f, dX,
+        spqr_sgemm_fixed(false, false, T, cols, rows, 1.0f, dY, rows, W, cols, 1.0f, dX,
                     cols);
     if (dW)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, rows, cols, T, 1.0f, dY, rows, X, cols, 1.0f, dW, cols);
+        spqr_sgemm_fixed(true, false, rows, cols, T, 1.0f, dY, rows, X, cols, 1.0f, dW, cols);
 }
 
 void spqr_lin_fwd_ref(double *Y, const double *X, const double *W, const double *bias, int T, int rows, int cols) {

@@ -9,6 +9,7 @@
 
 #include "../../format/qformat.h"
 #include "../../kernels/cpu/cpu.h"
+#include "../../kernels/cpu/blas_fixed.h"
 
 #define CHUNK_BYTES ((size_t)32 << 20)
 
@@ -86,7 +87,7 @@ static spqr_status d_gemm(const void *payload, const float *X, int T, float *Y) 
     if (T == 1) return spqr_dense_gemv(d->dt, d->data, rows, cols, X, Y);
     if (T <= 0) return T == 0 ? SPQR_OK : spqr_fail(SPQR_ERR_INVALID_ARG, "dense gemm: negative token count");
     if (d->dt == SPQR_DT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, rows, cols, 1.0f, X, cols, d->data, cols, 0.0f, Y,
+        spqr_sgemm_fixed(false, true, T, rows, cols, 1.0f, X, cols, d->data, cols, 0.0f, Y,
                     rows);
         return SPQR_OK;
     }
@@ -102,7 +103,7 @@ static spqr_status d_gemm(const void *payload, const float *X, int T, float *Y) 
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
         for (size_t r = 0; r < nr; r++)
             spqr_to_f32(src + r * (size_t)cols * es, d->dt, (size_t)cols, buf + r * (size_t)cols);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)nr, cols, 1.0f, X, cols, buf, cols, 0.0f,
+        spqr_sgemm_fixed(false, true, T, (int)nr, cols, 1.0f, X, cols, buf, cols, 0.0f,
                     Y + r0, rows);
     }
     free(buf);

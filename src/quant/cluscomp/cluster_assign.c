@@ -47,6 +47,7 @@
 
 #include "../../kernels/cpu/cpu.h"
 #include "cluster_internal.h"
+#include "../../kernels/cpu/blas_fixed.h"
 
 #define SG_ROWS 128  /* points per sgemm tile   */
 #define SG_COLS 512  /* codewords per sgemm tile */
@@ -232,7 +233,7 @@ static void tile_sgemm(const search *s, const float *X, int m, float *bestv, uin
         }
         for (int j0 = 0; j0 < k; j0 += SG_COLS) {
             int n = k - j0 < SG_COLS ? k - j0 : SG_COLS;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ms, n, d, -2.0f, X + (size_t)s0 * d, d,
+            spqr_sgemm_fixed(false, true, ms, n, d, -2.0f, X + (size_t)s0 * d, d,
                         s->C + (size_t)j0 * d, d, 0.0f, buf, n);
             for (int i = 0; i < ms; i++) {
                 const float *r = buf + (size_t)i * n;

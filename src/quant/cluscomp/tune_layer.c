@@ -23,6 +23,7 @@
 #include <stdlib.h>
 
 #include "cluscomp_quant.h"
+#include "../../kernels/cpu/blas_fixed.h"
 
 typedef struct {
     const float *W;
@@ -62,7 +63,7 @@ static void scatter(const prob *p, const float *G, double *g) {
 
 /* G = E H (symmetric H). */
 static void times_h(const prob *p, const float *E, float *G) {
-    cblas_ssymm(CblasRowMajor, CblasRight, CblasUpper, p->rows, p->cols, 1.0f, p->Hf, p->cols, E, p->cols, 0.0f, G,
+    spqr_ssymm_right_upper_fixed(p->rows, p->cols, 1.0f, p->Hf, p->cols, E, p->cols, 0.0f, G,
                 p->cols);
 }
 

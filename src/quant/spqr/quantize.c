@@ -1,6 +1,7 @@
 /* quantize.c - parameters, input checks and the error report around the
  * quantization engine (gptq.c). */
 #include "quant_internal.h"
+#include "../../kernels/cpu/blas_fixed.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -88,9 +89,9 @@ static double trace_form(const double *X, int rows, int cols, const double *H, d
     for (int a0 = 0; a0 < cols; a0 += PANEL) {
         const int a1 = a0 + PANEL < cols ? a0 + PANEL : cols, pw = a1 - a0;
         if (a0 > 0)
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, a0, pw, rows, 1.0, X, cols,
+            spqr_dgemm_fixed(true, false, a0, pw, rows, 1.0, X, cols,
                         X + a0, cols, 0.0, panel, pw);
-        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, pw, rows, 1.0, X + a0, cols, 0.0,
+        spqr_dsyrk_fixed(pw, rows, 1.0, X + a0, cols, 0.0,
                     panel + (size_t)a0 * pw, pw);
         for (int a = 0; a < a1; a++) {
             const double *g = panel + (size_t)a * pw, *h = H + (size_t)a * cols + a0;

@@ -2,6 +2,7 @@
  * scratch), the dequantized-tiles + sgemm alternative and the scalar
  * reference. */
 #include "ccgemm_internal.h"
+#include "../../../kernels/cpu/blas_fixed.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -96,7 +97,7 @@ spqr_status spqr_cc_gemm_sgemm(const spqr_cc_layer *L, const float *X, int T, fl
 #pragma omp parallel for schedule(static) num_threads(spqr_num_threads())
         for (int64_t k = 0; k < nbk; k++)
             fill_block_rows(L, r0 / d + k, nr - k * d < d ? nr - k * d : d, W + (size_t)(k * d) * (size_t)C);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)nr, (int)C, 1.0f, X, (int)C, W, (int)C, 0.0f,
+        spqr_sgemm_fixed(false, true, T, (int)nr, (int)C, 1.0f, X, (int)C, W, (int)C, 0.0f,
                     Y + r0, (int)R);
     }
     return SPQR_OK;
