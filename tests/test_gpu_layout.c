@@ -31,9 +31,10 @@
 
 static uint16_t h(float f) { return spqr_f32_to_f16(f); }
 
-/* a random, valid SpQR layer; outliers with probability ol_frac per weight */
-static void layer_random(spqr_qlayer *q, int R, int C, int wbits, int beta1, int beta2, int sbits, int zbits,
-                         double ol_frac) {
+/* a random, valid SpQR layer with statistics quantizer sq (bilevel only);
+ * outliers with probability ol_frac per weight */
+static void layer_random_sq(spqr_qlayer *q, int R, int C, int wbits, int beta1, int beta2, int sbits, int zbits,
+                            int sq, double ol_frac) {
     assert_int_equal(spqr_qlayer_alloc(q, R, C, wbits, beta1, beta2, sbits, zbits), SPQR_OK);
     const uint32_t qmax = (1u << wbits) - 1u;
     for (int j = C - 1; j > 0; j--) {
@@ -55,6 +56,11 @@ static void layer_random(spqr_qlayer *q, int R, int C, int wbits, int beta1, int
             q->s2_zero[i] = h(-1.0f + 0.9f * tu_rand_uniform());
             q->z2_scale[i] = h((float)qmax / (float)(1u << zbits) * (0.6f + 0.8f * tu_rand_uniform()));
             q->z2_zero[i] = h(tu_rand_uniform() - 0.5f);
+        }
+        assert_int_equal(spqr_qlayer_set_statq(q, sq), SPQR_OK); /* uniform: zeros at the mid-points */
+        if (sq == SPQR_SQ_KMEANS) {
+            for (int i = 0; i < (1 << sbits); i++) q->cb_scale[i] = h(0.002f + 0.03f * tu_rand_uniform());
+            for (int i = 0; i < (1 << zbits); i++) q->cb_zero[i] = h((float)qmax * (1.2f * tu_rand_uniform() - 0.1f));
         }
     } else {
         for (size_t i = 0; i < ns; i++) {
@@ -111,6 +117,7 @@ static float layout_outlier(const spqr_gpu_plan *p, const spqr_gpu_sections *s, 
 }
 
 typedef struct stats_acc {
+    int sq_layers[SPQR_SQ_COUNT], sq_exact[SPQR_SQ_COUNT], sq_bil4[SPQR_SQ_COUNT];
     int layers, exact_layers, rounded_layers, fast_layers, generic_layers;
     long long weights, outliers;
     double worst_ratio; /* max |err| / tol over rounded layers */
@@ -183,6 +190,9 @@ static void check_layer(const spqr_qlayer *q, stats_acc *acc) {
         acc->generic_layers++;
     }
     acc->layers++;
+    acc->sq_layers[q->sq]++;
+    if (p.exact_stats) acc->sq_exact[q->sq]++;
+    if (L->smode == SPQR_GPU_SM_BIL4) acc->sq_bil4[q->sq]++;
     if (p.exact_stats) acc->exact_layers++;
     else acc->rounded_layers++;
     acc->weights += (long long)R * C;
@@ -204,19 +214,29 @@ static void test_roundtrip(void **state) {
         for (int wbits = 2; wbits <= 8; wbits++)
             for (size_t b1 = 0; b1 < sizeof beta1s / sizeof beta1s[0]; b1++)
                 for (size_t b2 = 0; b2 < sizeof beta2s / sizeof beta2s[0]; b2++)
-                    for (size_t sb = 0; sb < (beta2s[b2] ? 2u : 1u); sb++) {
-                        const int R = shapes[si][0], C = shapes[si][1];
-                        spqr_qlayer q;
-                        layer_random(&q, R, C, wbits, beta1s[b1], beta2s[b2], sbits_z[sb][0], sbits_z[sb][1],
-                                     R * C < 16 ? 0.5 : 0.03);
-                        check_layer(&q, &acc);
-                        spqr_qlayer_free(&q);
-                    }
+                    for (size_t sb = 0; sb < (beta2s[b2] ? 2u : 1u); sb++)
+                        for (int sq = 0; sq < (beta2s[b2] ? SPQR_SQ_COUNT : 1); sq++) {
+                            /* every statistics quantizer (qlayer.h): uniform runs the minmax modes with
+                             * its mid-point zeros, kmeans the fp16 first-level statistics (exact) */
+                            const int R = shapes[si][0], C = shapes[si][1];
+                            spqr_qlayer q;
+                            layer_random_sq(&q, R, C, wbits, beta1s[b1], beta2s[b2], sbits_z[sb][0], sbits_z[sb][1],
+                                            sq, R * C < 16 ? 0.5 : 0.03);
+                            check_layer(&q, &acc);
+                            spqr_qlayer_free(&q);
+                        }
     printf("gpu layout round trip: %d layers (%d fast, %d generic; %d exact, %d with fp16-rounded statistics), "
            "%lld weights, %lld outliers; rounded layers: worst error / tolerance %.3f\n",
            acc.layers, acc.fast_layers, acc.generic_layers, acc.exact_layers, acc.rounded_layers, acc.weights,
            acc.outliers, acc.worst_ratio);
     assert_true(acc.fast_layers > 0 && acc.generic_layers > 0 && acc.rounded_layers > 0 && acc.outliers > 0);
+    printf("statistics quantizers: minmax %d layers (%d exact, %d BIL4), uniform %d (%d exact, %d BIL4), kmeans %d "
+           "(%d exact, %d BIL4)\n",
+           acc.sq_layers[0], acc.sq_exact[0], acc.sq_bil4[0], acc.sq_layers[1], acc.sq_exact[1], acc.sq_bil4[1],
+           acc.sq_layers[2], acc.sq_exact[2], acc.sq_bil4[2]);
+    /* uniform reaches the exact second-level mode, kmeans never uses it and is always exact */
+    assert_true(acc.sq_layers[1] > 0 && acc.sq_bil4[1] > 0 && acc.sq_exact[1] > 0);
+    assert_true(acc.sq_layers[2] > 0 && acc.sq_bil4[2] == 0 && acc.sq_exact[2] == acc.sq_layers[2]);
 }
 
 /* The index helpers the kernels use agree with the layout's description:
