@@ -69,7 +69,8 @@ void spqr_quantize_stat_block_uniform(const float *x, int n, int bits, uint8_t *
  * inits included) with the least squared error under spqr_kmeans_code. */
 spqr_status spqr_kmeans_fit_stats(const float *x, size_t n, int bits, uint16_t *cb_h);
 
-/* Index of the centroid of cb[0..k) nearest to x (the lowest on a tie). */
+/* Index of the centroid of cb[0..k) (ascending) nearest to x (the lowest on
+ * a tie). O(log k). */
 uint8_t spqr_kmeans_code(float x, const float *cb, int k);
 
 /* Leave-one-out outlier criterion of one row of a group: v[0..n) the weights,

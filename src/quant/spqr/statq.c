@@ -25,16 +25,19 @@ void spqr_quantize_stat_block_uniform(const float *x, int n, int bits, uint8_t *
 }
 
 uint8_t spqr_kmeans_code(float x, const float *cb, int k) {
-    int best = 0;
-    float bd = fabsf(x - cb[0]);
-    for (int i = 1; i < k; i++) {
-        const float d = fabsf(x - cb[i]);
-        if (d < bd) {
-            bd = d;
-            best = i;
-        }
+    /* cb ascending: the nearest centroid is the first one >= x or the last
+     * one below it (the first of a run of equal values) */
+    int lo = 0, hi = k;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (cb[mid] < x) lo = mid + 1;
+        else hi = mid;
     }
-    return (uint8_t)best;
+    if (lo == k) lo = k - 1;
+    int below = lo - 1;
+    while (below > 0 && cb[below - 1] == cb[below]) below--;
+    if (below >= 0 && fabsf(x - cb[below]) <= fabsf(x - cb[lo])) return (uint8_t)below;
+    return (uint8_t)lo;
 }
 
 /* Squared error of x[0..n) under the nearest centroid of cb[0..k). */
