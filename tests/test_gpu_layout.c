@@ -27,6 +27,8 @@
 
 #include "formats/spqr/cuda/gpu_layout.h"
 #include "formats/spqr/qlayer.h"
+#include "formats/spqr/packed.h"
+#include "format/qformat.h"
 #include "testutil.h"
 
 static uint16_t h(float f) { return spqr_f32_to_f16(f); }
@@ -201,6 +203,34 @@ static void check_layer(const spqr_qlayer *q, stats_acc *acc) {
     free(img);
 }
 
+/* On layers of model size the format's device-size estimate (what the GPU
+ * backend uses to decide what fits) is an upper bound of the real layout,
+ * for every statistics quantizer (kmeans and 4+-bit statistics hold fp16
+ * first-level statistics on the device, which the file does not store). */
+static void test_estimate(void **state) {
+    (void)state;
+    tu_seed(7);
+    static const int shapes[][2] = {{256, 512}, {512, 512}, {512, 1408}, {1408, 512}};
+    static const int bits[][2] = {{3, 3}, {4, 4}, {6, 6}};
+    for (size_t si = 0; si < 4; si++)
+        for (size_t bi = 0; bi < 3; bi++)
+            for (int sq = 0; sq < SPQR_SQ_COUNT; sq++)
+                for (int wbits = 2; wbits <= 4; wbits++) {
+                    spqr_qlayer q;
+                    layer_random_sq(&q, shapes[si][0], shapes[si][1], wbits, 16, 16, bits[bi][0], bits[bi][1], sq, 0.03);
+                    spqr_gpu_plan p;
+                    assert_int_equal(spqr_gpu_layout_plan(&q, &p), SPQR_OK);
+                    spqr_packed pk;
+                    assert_int_equal(spqr_pack(&q, &pk), SPQR_OK);
+                    const size_t est = spqr_qformat_find("spqr")->cuda_estimate(&pk);
+                    if (est < p.total)
+                        fail_msg("%dx%d w%d s%d %s: estimate %zu < device layout %zu bytes", shapes[si][0], shapes[si][1],
+                                 wbits, bits[bi][0], spqr_statq_name(sq), est, p.total);
+                    spqr_packed_free(&pk);
+                    spqr_qlayer_free(&q);
+                }
+}
+
 static void test_roundtrip(void **state) {
     (void)state;
     static const int shapes[][2] = {{1, 1}, {17, 172}, {33, 300}, {40, 520}};
@@ -277,6 +307,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_code_locations),
         cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_estimate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -153,7 +153,21 @@ static spqr_status s_gemm(const void *payload, const float *X, int T, float *Y) 
 
 /* ---- CUDA ------------------------------------------------------------------- */
 
-static size_t s_cuda_estimate(const void *payload) { return spqr_packed_bytes(payload) * 5 / 4 + 4096; }
+static size_t s_cuda_estimate(const void *payload) {
+    const spqr_packed *p = payload;
+    size_t b = spqr_packed_bytes(p) * 5 / 4 + 4096;
+    /* the device keeps every outlier twice (a 4-byte bucket entry, and a
+     * 6-byte row-ordered copy with 4-byte row offsets) where the file has 4
+     * or 6 bytes */
+    b += (size_t)p->n_outliers * 8 + (size_t)p->rows * 4;
+    /* a bilevel layer that the device holds with fp16 first-level statistics
+     * (gpu_layout.h mode F16: kmeans always, minmax / uniform with sbits or
+     * zbits > 4 or beta2 not a multiple of 16) needs 4 bytes per row and 16
+     * padded columns (8 with beta1 = 8) that the file does not store */
+    if (p->beta2 > 0 && (p->sq == SPQR_SQ_KMEANS || p->sbits > 4 || p->zbits > 4 || p->beta2 % 16 != 0))
+        b += (size_t)p->ntiles * 16 * (((size_t)p->cols + 255) / 256 * 16) * 4 * (p->beta1 == 8 ? 2 : 1);
+    return b;
+}
 
 static spqr_status s_cuda_upload(const void *payload, void **dev, size_t *dev_bytes) {
     spqr_qlayer q;
