@@ -169,10 +169,10 @@ static inline void spqr_packed_group_stats(const spqr_packed *p, int64_t r, int6
         const uint32_t v = spqr_packed_get_bits(base, lane, g * (p->sbits + p->zbits), p->sbits + p->zbits);
         const uint32_t sc = v & ((1u << p->sbits) - 1u), zc = v >> p->sbits;
         const int64_t rb = r / p->beta2;
-        if (p->sq == 2) { /* SPQR_SQ_KMEANS: centroid lookup */
+        if (p->sq == SPQR_SQ_KMEANS) { /* centroid lookup */
             *scale = spqr_f16_to_f32(p->stats2[sc]);
             *zero = spqr_f16_to_f32(p->stats2[((size_t)1 << p->sbits) + zc]);
-        } else if (p->sq == 1) { /* SPQR_SQ_UNIFORM: fixed mid-point */
+        } else if (p->sq == SPQR_SQ_UNIFORM) { /* fixed mid-point */
             const uint16_t *e = p->stats2 + (rb * p->ngroups + g) * 2;
             *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_sq_mid(p->sbits));
             *zero = spqr_f16_to_f32(e[1]) * ((float)zc - spqr_sq_mid(p->zbits));
