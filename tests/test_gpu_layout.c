@@ -27,13 +27,16 @@
 
 #include "formats/spqr/cuda/gpu_layout.h"
 #include "formats/spqr/qlayer.h"
+#include "formats/spqr/packed.h"
+#include "format/qformat.h"
 #include "testutil.h"
 
 static uint16_t h(float f) { return spqr_f32_to_f16(f); }
 
-/* a random, valid SpQR layer; outliers with probability ol_frac per weight */
-static void layer_random(spqr_qlayer *q, int R, int C, int wbits, int beta1, int beta2, int sbits, int zbits,
-                         double ol_frac) {
+/* a random, valid SpQR layer with statistics quantizer sq (bilevel only);
+ * outliers with probability ol_frac per weight */
+static void layer_random_sq(spqr_qlayer *q, int R, int C, int wbits, int beta1, int beta2, int sbits, int zbits,
+                            int sq, double ol_frac) {
     assert_int_equal(spqr_qlayer_alloc(q, R, C, wbits, beta1, beta2, sbits, zbits), SPQR_OK);
     const uint32_t qmax = (1u << wbits) - 1u;
     for (int j = C - 1; j > 0; j--) {
@@ -55,6 +58,11 @@ static void layer_random(spqr_qlayer *q, int R, int C, int wbits, int beta1, int
             q->s2_zero[i] = h(-1.0f + 0.9f * tu_rand_uniform());
             q->z2_scale[i] = h((float)qmax / (float)(1u << zbits) * (0.6f + 0.8f * tu_rand_uniform()));
             q->z2_zero[i] = h(tu_rand_uniform() - 0.5f);
+        }
+        assert_int_equal(spqr_qlayer_set_statq(q, sq), SPQR_OK); /* uniform: zeros at the mid-points */
+        if (sq == SPQR_SQ_KMEANS) {
+            for (int i = 0; i < (1 << sbits); i++) q->cb_scale[i] = h(0.002f + 0.03f * tu_rand_uniform());
+            for (int i = 0; i < (1 << zbits); i++) q->cb_zero[i] = h((float)qmax * (1.2f * tu_rand_uniform() - 0.1f));
         }
     } else {
         for (size_t i = 0; i < ns; i++) {
@@ -111,6 +119,7 @@ static float layout_outlier(const spqr_gpu_plan *p, const spqr_gpu_sections *s, 
 }
 
 typedef struct stats_acc {
+    int sq_layers[SPQR_SQ_COUNT], sq_exact[SPQR_SQ_COUNT], sq_bil4[SPQR_SQ_COUNT];
     int layers, exact_layers, rounded_layers, fast_layers, generic_layers;
     long long weights, outliers;
     double worst_ratio; /* max |err| / tol over rounded layers */
@@ -183,12 +192,43 @@ static void check_layer(const spqr_qlayer *q, stats_acc *acc) {
         acc->generic_layers++;
     }
     acc->layers++;
+    acc->sq_layers[q->sq]++;
+    if (p.exact_stats) acc->sq_exact[q->sq]++;
+    if (L->smode == SPQR_GPU_SM_BIL4) acc->sq_bil4[q->sq]++;
     if (p.exact_stats) acc->exact_layers++;
     else acc->rounded_layers++;
     acc->weights += (long long)R * C;
     acc->outliers += q->n_outliers;
     free(w);
     free(img);
+}
+
+/* On layers of model size the format's device-size estimate (what the GPU
+ * backend uses to decide what fits) is an upper bound of the real layout,
+ * for every statistics quantizer (kmeans and 4+-bit statistics hold fp16
+ * first-level statistics on the device, which the file does not store). */
+static void test_estimate(void **state) {
+    (void)state;
+    tu_seed(7);
+    static const int shapes[][2] = {{256, 512}, {512, 512}, {512, 1408}, {1408, 512}};
+    static const int bits[][2] = {{3, 3}, {4, 4}, {6, 6}};
+    for (size_t si = 0; si < 4; si++)
+        for (size_t bi = 0; bi < 3; bi++)
+            for (int sq = 0; sq < SPQR_SQ_COUNT; sq++)
+                for (int wbits = 2; wbits <= 4; wbits++) {
+                    spqr_qlayer q;
+                    layer_random_sq(&q, shapes[si][0], shapes[si][1], wbits, 16, 16, bits[bi][0], bits[bi][1], sq, 0.03);
+                    spqr_gpu_plan p;
+                    assert_int_equal(spqr_gpu_layout_plan(&q, &p), SPQR_OK);
+                    spqr_packed pk;
+                    assert_int_equal(spqr_pack(&q, &pk), SPQR_OK);
+                    const size_t est = spqr_qformat_find("spqr")->cuda_estimate(&pk);
+                    if (est < p.total)
+                        fail_msg("%dx%d w%d s%d %s: estimate %zu < device layout %zu bytes", shapes[si][0], shapes[si][1],
+                                 wbits, bits[bi][0], spqr_statq_name(sq), est, p.total);
+                    spqr_packed_free(&pk);
+                    spqr_qlayer_free(&q);
+                }
 }
 
 static void test_roundtrip(void **state) {
@@ -204,19 +244,29 @@ static void test_roundtrip(void **state) {
         for (int wbits = 2; wbits <= 8; wbits++)
             for (size_t b1 = 0; b1 < sizeof beta1s / sizeof beta1s[0]; b1++)
                 for (size_t b2 = 0; b2 < sizeof beta2s / sizeof beta2s[0]; b2++)
-                    for (size_t sb = 0; sb < (beta2s[b2] ? 2u : 1u); sb++) {
-                        const int R = shapes[si][0], C = shapes[si][1];
-                        spqr_qlayer q;
-                        layer_random(&q, R, C, wbits, beta1s[b1], beta2s[b2], sbits_z[sb][0], sbits_z[sb][1],
-                                     R * C < 16 ? 0.5 : 0.03);
-                        check_layer(&q, &acc);
-                        spqr_qlayer_free(&q);
-                    }
+                    for (size_t sb = 0; sb < (beta2s[b2] ? 2u : 1u); sb++)
+                        for (int sq = 0; sq < (beta2s[b2] ? SPQR_SQ_COUNT : 1); sq++) {
+                            /* every statistics quantizer (qlayer.h): uniform runs the minmax modes with
+                             * its mid-point zeros, kmeans the fp16 first-level statistics (exact) */
+                            const int R = shapes[si][0], C = shapes[si][1];
+                            spqr_qlayer q;
+                            layer_random_sq(&q, R, C, wbits, beta1s[b1], beta2s[b2], sbits_z[sb][0], sbits_z[sb][1],
+                                            sq, R * C < 16 ? 0.5 : 0.03);
+                            check_layer(&q, &acc);
+                            spqr_qlayer_free(&q);
+                        }
     printf("gpu layout round trip: %d layers (%d fast, %d generic; %d exact, %d with fp16-rounded statistics), "
            "%lld weights, %lld outliers; rounded layers: worst error / tolerance %.3f\n",
            acc.layers, acc.fast_layers, acc.generic_layers, acc.exact_layers, acc.rounded_layers, acc.weights,
            acc.outliers, acc.worst_ratio);
     assert_true(acc.fast_layers > 0 && acc.generic_layers > 0 && acc.rounded_layers > 0 && acc.outliers > 0);
+    printf("statistics quantizers: minmax %d layers (%d exact, %d BIL4), uniform %d (%d exact, %d BIL4), kmeans %d "
+           "(%d exact, %d BIL4)\n",
+           acc.sq_layers[0], acc.sq_exact[0], acc.sq_bil4[0], acc.sq_layers[1], acc.sq_exact[1], acc.sq_bil4[1],
+           acc.sq_layers[2], acc.sq_exact[2], acc.sq_bil4[2]);
+    /* uniform reaches the exact second-level mode, kmeans never uses it and is always exact */
+    assert_true(acc.sq_layers[1] > 0 && acc.sq_bil4[1] > 0 && acc.sq_exact[1] > 0);
+    assert_true(acc.sq_layers[2] > 0 && acc.sq_bil4[2] == 0 && acc.sq_exact[2] == acc.sq_layers[2]);
 }
 
 /* The index helpers the kernels use agree with the layout's description:
@@ -257,6 +307,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_code_locations),
         cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_estimate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

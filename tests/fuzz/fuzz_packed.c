@@ -4,7 +4,9 @@
  *
  * The input is read as: 7 geometry bytes (rows, cols, wbits, beta1, beta2,
  * sbits, zbits, each reduced to a small valid-looking range), 2 bytes of
- * outlier count, 1 byte choosing the outlier-count width, then the bytes of every section of that geometry in the
+ * outlier count, 1 byte choosing the outlier-count width (bits 0-1) and the
+ * statistics quantizer (bits 2-3: minmax, uniform, kmeans, or 3, which the
+ * reader must refuse), then the bytes of every section of that geometry in the
  * order spqr_packed_sections lists them (missing bytes are zero). A layer the
  * reader accepts is multiplied by the scalar reference and by the selected
  * SIMD kernel on one and on three tokens: under ASan/UBSan any out-of-bounds
@@ -40,6 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g.zbits = 1 + data[6] % 8;
     static const int32_t ocw[4] = {0, 1, 2, 4};
     g.ocw = ocw[data[9] % 4];
+    g.sq = (data[9] >> 2) % 4; /* statistics quantizer; 3 and non-minmax with beta2 = 0 are invalid */
     const int64_t n_ol = (int64_t)(data[7] | data[8] << 8) % (g.rows * g.cols + 2);
     size_t pos = 10;
     spqr_packed_section sec[8];

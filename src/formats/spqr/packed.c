@@ -33,6 +33,10 @@ static spqr_status geom_derive(const spqr_packed_geom *g, derived *d, spqr_statu
     int lo = g->beta2 > 0 ? 1 : 0;
     if (g->sbits < lo || g->sbits > 8 || g->zbits < lo || g->zbits > 8)
         return spqr_fail(err, "packed layer: sbits/zbits %d/%d not in %d..8", (int)g->sbits, (int)g->zbits, lo);
+    if (g->sq < 0 || g->sq >= SPQR_SQ_COUNT)
+        return spqr_fail(err, "packed layer: unknown statistics quantizer %d", (int)g->sq);
+    if (g->sq != SPQR_SQ_MINMAX && g->beta2 == 0)
+        return spqr_fail(err, "packed layer: statistics quantizer '%s' needs beta2 > 0", spqr_statq_name(g->sq));
     d->NG = ceil_div(g->cols, g->beta1);
     d->NRB = g->beta2 > 0 ? ceil_div(g->rows, g->beta2) : 0;
     d->T = ceil_div(g->rows, SPQR_PACKED_TILE);
@@ -58,7 +62,12 @@ static bool sec_bytes(const spqr_packed_geom *g, const derived *d, int s, int64_
     switch (s) {
     case S_CODES: return spqr_mul_size((size_t)d->T * 64, (size_t)d->CW, out);
     case S_STAT_CODES: return spqr_mul_size((size_t)d->T * 64, (size_t)d->SW, out);
-    case S_STATS2: return spqr_mul_size((size_t)d->NRB * 8, (size_t)d->NG, out);
+    case S_STATS2:
+        if (g->sq == SPQR_SQ_KMEANS) {
+            *out = 2 * (((size_t)1 << g->sbits) + ((size_t)1 << g->zbits));
+            return true;
+        }
+        return spqr_mul_size((size_t)d->NRB * (g->sq == SPQR_SQ_UNIFORM ? 4 : 8), (size_t)d->NG, out);
     case S_STATS: return spqr_mul_size((size_t)d->T * 64, (size_t)d->NG, out);
     case S_PERM: return spqr_mul_size(d->isz, (size_t)g->cols, out);
     case S_OL_COUNT: return spqr_mul_size(d->ocsz, (size_t)g->rows, out);
@@ -116,6 +125,7 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     p->ngroups = (int32_t)d->NG;
     p->nrb = (int32_t)d->NRB;
     p->ntiles = (int32_t)d->T;
+    p->sq = g->sq;
     p->code_words = d->CW;
     p->stat_words = d->SW;
     p->n_outliers = n_ol;
@@ -131,6 +141,14 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
     p->ol_val = data[S_OL_VAL];
 
     const int64_t R = g->rows, C = g->cols;
+    if (g->sq != SPQR_SQ_MINMAX) { /* the new variants' values must be finite (minmax is checked as before: not) */
+        size_t nb = 0;
+        sec_bytes(g, d, S_STATS2, 0, &nb);
+        for (size_t i = 0; i < nb / 2; i++)
+            if ((p->stats2[i] & 0x7c00u) == 0x7c00u)
+                return spqr_fail(err, "packed layer: %s statistic %zu of 'stats2' is not finite",
+                                 spqr_statq_name(g->sq), i);
+    }
     /* permutation */
     uint8_t *seen = calloc((size_t)C, 1);
     if (!seen) return spqr_fail(SPQR_ERR_NOMEM, "out of memory (packed perm check, %lld columns)", (long long)C);
@@ -174,6 +192,12 @@ static spqr_status init_checked(spqr_packed *p, const spqr_packed_geom *g, const
                          (long long)acc, (long long)n_ol);
     }
     p->ol_row_ptr = rp;
+    spqr_status st = spqr_packed_refresh(p);
+    if (st) {
+        free(rp);
+        p->ol_row_ptr = NULL;
+        return st;
+    }
     p->max_tile_outliers = 0;
     for (int64_t r0 = 0; r0 < R; r0 += TILE) {
         const int64_t n = rp[r0 + TILE < R ? r0 + TILE : R] - rp[r0];
@@ -243,6 +267,7 @@ void spqr_packed_geometry(const spqr_packed *p, spqr_packed_geom *g) {
     g->sbits = p->sbits;
     g->zbits = p->zbits;
     g->ocw = p->ocsz;
+    g->sq = p->sq;
 }
 
 int spqr_packed_sections(const spqr_packed *p, spqr_packed_section out[], int max) {
@@ -278,6 +303,7 @@ void spqr_packed_free(spqr_packed *p) {
     if (!p) return;
     for (int i = 0; i < SPQR_PACKED_MAX_SECTIONS; i++) free(p->owned[i]);
     free(p->ol_row_ptr);
+    free(p->kbuf);
     memset(p, 0, sizeof *p);
 }
 
@@ -296,7 +322,7 @@ static inline void put_bits(uint32_t *base, int lane, int64_t pos, uint32_t v, i
 spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
     memset(out, 0, sizeof *out);
     if (!q) return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: NULL layer");
-    spqr_packed_geom g = {q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, 0};
+    spqr_packed_geom g = {q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, 0, q->sq};
     derived d = {0};
     spqr_status st = geom_derive(&g, &d, SPQR_ERR_INVALID_ARG);
     if (st) return st;
@@ -317,6 +343,15 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
                                               !q->z2_scale || !q->z2_zero)) ||
         (!bilevel && (!q->scale_f16 || !q->zero_f16)) || !q->row_ptr)
         return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: layer arrays missing");
+    if (g.sq == SPQR_SQ_KMEANS && (!q->cb_scale || !q->cb_zero))
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: k-means codebooks missing");
+    if (g.sq == SPQR_SQ_UNIFORM) {
+        const uint16_t ms = spqr_f32_to_f16(spqr_sq_mid(g.sbits)), mz = spqr_f32_to_f16(spqr_sq_mid(g.zbits));
+        for (int64_t i = 0; i < NG * NRB; i++)
+            if (q->s2_zero[i] != ms || q->z2_zero[i] != mz)
+                return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: uniform statistics with a zero point other "
+                                 "than the mid-point (%lld)", (long long)i);
+    }
     const int64_t n_ol = q->n_outliers;
     if (n_ol < 0 || q->row_ptr[0] != 0 || (int64_t)q->row_ptr[R] != n_ol || (n_ol > 0 && (!q->ol_col || !q->ol_val)))
         return spqr_fail(SPQR_ERR_INVALID_ARG, "spqr_pack: inconsistent outlier arrays (%lld outliers)",
@@ -386,14 +421,25 @@ spqr_status spqr_pack(const spqr_qlayer *q, spqr_packed *out) {
                 }
             }
         uint16_t *s2 = buf[S_STATS2];
-        for (int64_t rb = 0; rb < NRB; rb++)
-            for (int64_t gi = 0; gi < NG; gi++) {
-                uint16_t *e = s2 + (rb * NG + gi) * 4;
-                e[0] = q->s2_scale[gi * NRB + rb];
-                e[1] = q->s2_zero[gi * NRB + rb];
-                e[2] = q->z2_scale[gi * NRB + rb];
-                e[3] = q->z2_zero[gi * NRB + rb];
-            }
+        if (g.sq == SPQR_SQ_KMEANS) {
+            memcpy(s2, q->cb_scale, sizeof(uint16_t) << g.sbits);
+            memcpy(s2 + ((size_t)1 << g.sbits), q->cb_zero, sizeof(uint16_t) << g.zbits);
+        } else if (g.sq == SPQR_SQ_UNIFORM) {
+            for (int64_t rb = 0; rb < NRB; rb++)
+                for (int64_t gi = 0; gi < NG; gi++) {
+                    uint16_t *e = s2 + (rb * NG + gi) * 2;
+                    e[0] = q->s2_scale[gi * NRB + rb];
+                    e[1] = q->z2_scale[gi * NRB + rb];
+                }
+        } else
+            for (int64_t rb = 0; rb < NRB; rb++)
+                for (int64_t gi = 0; gi < NG; gi++) {
+                    uint16_t *e = s2 + (rb * NG + gi) * 4;
+                    e[0] = q->s2_scale[gi * NRB + rb];
+                    e[1] = q->s2_zero[gi * NRB + rb];
+                    e[2] = q->z2_scale[gi * NRB + rb];
+                    e[3] = q->z2_zero[gi * NRB + rb];
+                }
     } else {
         uint16_t *sf = buf[S_STATS];
         for (int64_t t = 0; t < T; t++)
@@ -451,6 +497,7 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
     q->beta2 = p->beta2;
     q->sbits = p->sbits;
     q->zbits = p->zbits;
+    q->sq = p->sq;
     q->ngroups = p->ngroups;
     q->nrb = p->nrb;
     q->n_outliers = n_ol;
@@ -465,6 +512,10 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
         ok &= (q->s2_zero = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
         ok &= (q->z2_scale = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
         ok &= (q->z2_zero = spqr_malloc_array((size_t)(NG * NRB), 2)) != NULL;
+        if (p->sq == SPQR_SQ_KMEANS) {
+            ok &= (q->cb_scale = spqr_malloc_array((size_t)1 << p->sbits, 2)) != NULL;
+            ok &= (q->cb_zero = spqr_malloc_array((size_t)1 << p->zbits, 2)) != NULL;
+        }
     } else {
         ok &= (q->scale_f16 = spqr_malloc_array((size_t)NG, (size_t)R * 2)) != NULL;
         ok &= (q->zero_f16 = spqr_malloc_array((size_t)NG, (size_t)R * 2)) != NULL;
@@ -492,14 +543,30 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
                 q->zero_code[gi * R + r] = (uint8_t)(v >> p->sbits);
             }
         }
+        const uint16_t ms = spqr_f32_to_f16(spqr_sq_mid(p->sbits)), mz = spqr_f32_to_f16(spqr_sq_mid(p->zbits));
         for (int64_t rb = 0; rb < NRB; rb++)
             for (int64_t gi = 0; gi < NG; gi++) {
-                const uint16_t *e = p->stats2 + (rb * NG + gi) * 4;
-                q->s2_scale[gi * NRB + rb] = e[0];
-                q->s2_zero[gi * NRB + rb] = e[1];
-                q->z2_scale[gi * NRB + rb] = e[2];
-                q->z2_zero[gi * NRB + rb] = e[3];
+                const int64_t k = gi * NRB + rb;
+                if (p->sq == SPQR_SQ_KMEANS) { /* no per-block values */
+                    q->s2_scale[k] = q->s2_zero[k] = q->z2_scale[k] = q->z2_zero[k] = 0;
+                } else if (p->sq == SPQR_SQ_UNIFORM) {
+                    const uint16_t *e = p->stats2 + (rb * NG + gi) * 2;
+                    q->s2_scale[k] = e[0];
+                    q->s2_zero[k] = ms;
+                    q->z2_scale[k] = e[1];
+                    q->z2_zero[k] = mz;
+                } else {
+                    const uint16_t *e = p->stats2 + (rb * NG + gi) * 4;
+                    q->s2_scale[k] = e[0];
+                    q->s2_zero[k] = e[1];
+                    q->z2_scale[k] = e[2];
+                    q->z2_zero[k] = e[3];
+                }
             }
+        if (p->sq == SPQR_SQ_KMEANS) {
+            memcpy(q->cb_scale, p->stats2, sizeof(uint16_t) << p->sbits);
+            memcpy(q->cb_zero, p->stats2 + ((size_t)1 << p->sbits), sizeof(uint16_t) << p->zbits);
+        }
     } else {
         for (int64_t r = 0; r < R; r++)
             for (int64_t gi = 0; gi < NG; gi++) {
@@ -513,5 +580,53 @@ spqr_status spqr_unpack(const spqr_packed *p, spqr_qlayer *q) {
         q->ol_col[k] = spqr_packed_idx(p->ol_col, p->wide, k);
         q->ol_val[k] = p->ol_val[k];
     }
+    return SPQR_OK;
+}
+
+/* ---- the kernels' derived statistics ------------------------------------ */
+
+spqr_status spqr_packed_refresh(spqr_packed *p) {
+    free(p->kbuf);
+    p->kbuf = NULL;
+    p->kbeta2 = p->beta2;
+    p->kstats2 = p->stats2;
+    p->kstats = p->stats;
+    if (p->beta2 == 0 || p->sq == SPQR_SQ_MINMAX) return SPQR_OK;
+    const int64_t NG = p->ngroups, NRB = p->nrb, T = p->ntiles, R = p->rows;
+    if (p->sq == SPQR_SQ_UNIFORM) { /* minmax-shaped, zeros at the mid-points */
+        uint16_t *k = spqr_aligned_alloc((size_t)(NRB * NG * 4) * sizeof(uint16_t) + 64);
+        if (!k) return spqr_fail(SPQR_ERR_NOMEM, "packed layer: out of memory (uniform statistics)");
+        const uint16_t ms = spqr_f32_to_f16(spqr_sq_mid(p->sbits)), mz = spqr_f32_to_f16(spqr_sq_mid(p->zbits));
+        for (int64_t i = 0; i < NRB * NG; i++) {
+            k[4 * i + 0] = p->stats2[2 * i + 0];
+            k[4 * i + 1] = ms;
+            k[4 * i + 2] = p->stats2[2 * i + 1];
+            k[4 * i + 3] = mz;
+        }
+        p->kbuf = k;
+        p->kstats2 = k;
+        return SPQR_OK;
+    }
+    /* kmeans: the plain fp16 table of the centroids each (row, group) selects */
+    size_t n;
+    if (!spqr_mul_size((size_t)(T * NG) * 2 * TILE, sizeof(uint16_t), &n))
+        return spqr_fail(SPQR_ERR_NOMEM, "packed layer: k-means statistics table overflows");
+    uint16_t *k = spqr_aligned_alloc(n + 64);
+    if (!k) return spqr_fail(SPQR_ERR_NOMEM, "packed layer: out of memory (%zu bytes, k-means statistics)", n);
+    memset(k, 0, n);
+    const int SZ = p->sbits + p->zbits;
+    const uint16_t *cz = p->stats2 + ((size_t)1 << p->sbits);
+    for (int64_t r = 0; r < R; r++) {
+        const uint32_t *base = p->stat_codes + (r / TILE) * p->stat_words * TILE;
+        for (int64_t g = 0; g < NG; g++) {
+            const uint32_t v = spqr_packed_get_bits(base, (int)(r % TILE), g * SZ, SZ);
+            uint16_t *e = k + (((r / TILE) * NG + g) * 2) * TILE;
+            e[r % TILE] = p->stats2[v & ((1u << p->sbits) - 1u)];
+            e[TILE + r % TILE] = cz[v >> p->sbits];
+        }
+    }
+    p->kbuf = k;
+    p->kstats = k;
+    p->kbeta2 = 0;
     return SPQR_OK;
 }

@@ -40,9 +40,15 @@
  *                                     for a bit stream of SZ-bit fields, one
  *                                     per group g at bits [g*SZ, g*SZ + SZ):
  *                                     field = scale_code | zero_code << sbits
- *   "stats2"     fp16   [NRB][NG][4]   (beta2 > 0 only) second-level stats of
- *                                     (row block, group): s2_scale, s2_zero,
- *                                     z2_scale, z2_zero
+ *   "stats2"     fp16   (beta2 > 0 only) second-level statistics, by the
+ *                                     statistics quantizer SQ (geometry key
+ *                                     "stat_quantizer", qlayer.h):
+ *                        minmax  [NRB][NG][4]  (row block, group): s2_scale,
+ *                                     s2_zero, z2_scale, z2_zero
+ *                        uniform [NRB][NG][2]  s2_scale, z2_scale (the zeros
+ *                                     are the fixed mid-points spqr_sq_mid)
+ *                        kmeans  [2^sbits + 2^zbits]  the layer's scale
+ *                                     centroids, then its zero centroids
  *   "stats"      fp16   [T][NG][2][16] (beta2 == 0 only) scale of the 16 rows
  *                                     of tile t for group g, then their zeros;
  *                                     padding rows zero
@@ -59,7 +65,8 @@
  * N (the outlier count) is implied by the size of "ol_col". Outlier row
  * offsets are rebuilt in memory at load time. Empty sections (N == 0) have
  * size 0. Exact byte sizes:
- *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*NG, stats = 64*T*NG,
+ *   codes = 64*T*CW, stat_codes = 64*T*SW, stats2 = 8*NRB*NG (minmax),
+ *   4*NRB*NG (uniform), 2*(2^sbits + 2^zbits) (kmeans), stats = 64*T*NG,
  *   perm = |I|*C, ol_count = |OC|*R, ol_col = |I|*N, ol_val = 2*N.
  * Buffers must be aligned to their element size (64 bytes is recommended and
  * is what spqr_pack allocates); writers should start each section on a
@@ -87,6 +94,7 @@ _Static_assert(SPQR_PACKED_TILE == 16, "the SIMD kernels hold one tile's 16 lane
 typedef struct spqr_packed_geom {
     int32_t rows, cols, wbits, beta1, beta2, sbits, zbits;
     int32_t ocw; /* bytes per outlier count: 1, 2 or 4; 0 = the index width I (files of model layout 1) */
+    int32_t sq;  /* statistics quantizer (spqr_statq); non-minmax needs beta2 > 0 */
 } spqr_packed_geom;
 
 typedef struct spqr_packed_section {
@@ -98,6 +106,7 @@ typedef struct spqr_packed_section {
 typedef struct spqr_packed {
     /* geometry */
     int32_t rows, cols, wbits, beta1, beta2, sbits, zbits;
+    int32_t sq;           /* statistics quantizer (spqr_statq)               */
     /* derived */
     int32_t ngroups, nrb, ntiles;
     int64_t code_words;   /* CW: words per row in "codes"                    */
@@ -115,6 +124,17 @@ typedef struct spqr_packed {
     const void *ol_count;       /* uint8 / uint16 / uint32: ocsz bytes each */
     const void *ol_col;         /* uint16 / uint32 */
     const uint16_t *ol_val;
+
+    /* What the SIMD kernels read (derived at load from the sections above
+     * and rebuilt by spqr_packed_refresh): minmax: kbeta2 = beta2, kstats2 =
+     * stats2; uniform: kbeta2 = beta2 and kstats2 an owned minmax-shaped copy
+     * [NRB][NG][4] with the fixed mid-point zeros (the same float operations,
+     * so bit-identical); kmeans: kbeta2 = 0 and kstats an owned plain-shaped
+     * [T][NG][2][16] table of the centroids each (row, group) selects (fp16
+     * values, so exact); beta2 == 0: kstats = stats. */
+    int32_t kbeta2;
+    const uint16_t *kstats2, *kstats;
+    uint16_t *kbuf;             /* owned buffer behind a derived kstats2 / kstats */
 
     /* rebuilt at load: outliers of row r are [ol_row_ptr[r], ol_row_ptr[r+1]) */
     int64_t *ol_row_ptr;        /* [rows + 1], owned */
@@ -138,6 +158,39 @@ static inline uint32_t spqr_packed_get_bits(const uint32_t *base, int lane, int6
     if (s + nbits > 32) v |= base[(w + 1) * SPQR_PACKED_TILE + lane] << (32 - s);
     return v & ((1u << nbits) - 1u);
 }
+
+/* First-level statistics of (row r, group g) of p, decoded from the
+ * sections exactly as qlayer.h defines them (every variant): the scalar
+ * reference kernel, the training hooks and the tests use this. */
+static inline void spqr_packed_group_stats(const spqr_packed *p, int64_t r, int64_t g, float *scale, float *zero) {
+    const int lane = (int)(r % SPQR_PACKED_TILE);
+    if (p->beta2 > 0) {
+        const uint32_t *base = p->stat_codes + (r / SPQR_PACKED_TILE) * p->stat_words * SPQR_PACKED_TILE;
+        const uint32_t v = spqr_packed_get_bits(base, lane, g * (p->sbits + p->zbits), p->sbits + p->zbits);
+        const uint32_t sc = v & ((1u << p->sbits) - 1u), zc = v >> p->sbits;
+        const int64_t rb = r / p->beta2;
+        if (p->sq == SPQR_SQ_KMEANS) { /* centroid lookup */
+            *scale = spqr_f16_to_f32(p->stats2[sc]);
+            *zero = spqr_f16_to_f32(p->stats2[((size_t)1 << p->sbits) + zc]);
+        } else if (p->sq == SPQR_SQ_UNIFORM) { /* fixed mid-point */
+            const uint16_t *e = p->stats2 + (rb * p->ngroups + g) * 2;
+            *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_sq_mid(p->sbits));
+            *zero = spqr_f16_to_f32(e[1]) * ((float)zc - spqr_sq_mid(p->zbits));
+        } else {
+            const uint16_t *e = p->stats2 + (rb * p->ngroups + g) * 4;
+            *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_f16_to_f32(e[1]));
+            *zero = spqr_f16_to_f32(e[2]) * ((float)zc - spqr_f16_to_f32(e[3]));
+        }
+    } else {
+        const uint16_t *e = p->stats + (((r / SPQR_PACKED_TILE) * p->ngroups + g) * 2) * SPQR_PACKED_TILE;
+        *scale = spqr_f16_to_f32(e[lane]);
+        *zero = spqr_f16_to_f32(e[SPQR_PACKED_TILE + lane]);
+    }
+}
+
+/* Rebuild the kernels' derived statistics (kbeta2, kstats2, kstats) from
+ * the sections, e.g. after the training hooks rewrote "stats2". */
+spqr_status spqr_packed_refresh(spqr_packed *p);
 
 /* Build the packed form of q (which is not modified). The sections are owned
  * by *out (64-byte aligned). Returns SPQR_ERR_INVALID_ARG if q is

@@ -7,6 +7,40 @@
 
 static int32_t ceil_div(int32_t a, int32_t b) { return (int32_t)(((int64_t)a + b - 1) / b); }
 
+static const char *const k_sq_names[SPQR_SQ_COUNT] = {"minmax", "uniform", "kmeans"};
+
+const char *spqr_statq_name(int sq) { return sq >= 0 && sq < SPQR_SQ_COUNT ? k_sq_names[sq] : NULL; }
+
+int spqr_statq_parse(const char *s) {
+    for (int i = 0; s && i < SPQR_SQ_COUNT; i++)
+        if (!strcmp(s, k_sq_names[i])) return i;
+    return -1;
+}
+
+spqr_status spqr_qlayer_set_statq(spqr_qlayer *q, int sq) {
+    if (!q || sq < 0 || sq >= SPQR_SQ_COUNT)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer: unknown statistics quantizer %d", sq);
+    if (sq != SPQR_SQ_MINMAX && q->beta2 <= 0)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "qlayer: statistics quantizer '%s' needs bilevel statistics (beta2 > 0)",
+                         spqr_statq_name(sq));
+    free(q->cb_scale);
+    free(q->cb_zero);
+    q->cb_scale = q->cb_zero = NULL;
+    q->sq = sq;
+    if (sq == SPQR_SQ_UNIFORM) {
+        const uint16_t ms = spqr_f32_to_f16(spqr_sq_mid(q->sbits)), mz = spqr_f32_to_f16(spqr_sq_mid(q->zbits));
+        for (size_t i = 0; i < (size_t)q->ngroups * (size_t)q->nrb; i++) {
+            q->s2_zero[i] = ms;
+            q->z2_zero[i] = mz;
+        }
+    } else if (sq == SPQR_SQ_KMEANS) {
+        q->cb_scale = spqr_calloc_array((size_t)1 << q->sbits, sizeof(uint16_t));
+        q->cb_zero = spqr_calloc_array((size_t)1 << q->zbits, sizeof(uint16_t));
+        if (!q->cb_scale || !q->cb_zero) return spqr_fail(SPQR_ERR_NOMEM, "qlayer: out of memory");
+    }
+    return SPQR_OK;
+}
+
 spqr_status spqr_qlayer_alloc(spqr_qlayer *q, int32_t rows, int32_t cols,
                               int32_t wbits, int32_t beta1, int32_t beta2,
                               int32_t sbits, int32_t zbits) {
@@ -81,6 +115,8 @@ void spqr_qlayer_free(spqr_qlayer *q) {
     free(q->s2_zero);
     free(q->z2_scale);
     free(q->z2_zero);
+    free(q->cb_scale);
+    free(q->cb_zero);
     free(q->scale_f16);
     free(q->zero_f16);
     free(q->row_ptr);
@@ -92,7 +128,10 @@ void spqr_qlayer_free(spqr_qlayer *q) {
 void spqr_qlayer_group_stats(const spqr_qlayer *q, int32_t r, int32_t g, float *scale,
                              float *zero) {
     size_t i = (size_t)g * (size_t)q->rows + (size_t)r;
-    if (q->beta2 > 0) {
+    if (q->beta2 > 0 && q->sq == SPQR_SQ_KMEANS) {
+        *scale = spqr_f16_to_f32(q->cb_scale[q->scale_code[i]]);
+        *zero = spqr_f16_to_f32(q->cb_zero[q->zero_code[i]]);
+    } else if (q->beta2 > 0) { /* minmax; uniform has s2_zero / z2_zero at the mid-points */
         size_t b = (size_t)g * (size_t)q->nrb + (size_t)(r / q->beta2);
         *scale = spqr_f16_to_f32(q->s2_scale[b]) *
                  ((float)q->scale_code[i] - spqr_f16_to_f32(q->s2_zero[b]));
@@ -127,17 +166,28 @@ void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w) {
     }
 }
 
-double spqr_formula_bits(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
-                         int64_t n_outliers) {
+double spqr_formula_bits_sq(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
+                            int sq, int64_t n_outliers) {
     double n = (double)rows * (double)cols;
     double g = (double)(beta1 > 0 && beta1 < cols ? beta1 : cols);
     double share = n > 0 ? (double)n_outliers / n : 0.0;
-    if (beta2 > 0) return wbits + (double)(sbits + zbits) / g + 2.0 * (16 + 16) / (g * beta2) + 32.0 * share;
+    if (beta2 > 0) {
+        double second = 2.0 * (16 + 16) / (g * beta2); /* minmax: 2 x (scale, zero) fp16 per block */
+        if (sq == SPQR_SQ_UNIFORM) second = 2.0 * 16 / (g * beta2); /* 2 fp16 steps per block */
+        if (sq == SPQR_SQ_KMEANS) second = n > 0 ? 16.0 * (double)((1 << sbits) + (1 << zbits)) / n : 0.0;
+        return wbits + (double)(sbits + zbits) / g + second + 32.0 * share;
+    }
     return wbits + 32.0 / g + 32.0 * share;
 }
 
+double spqr_formula_bits(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
+                         int64_t n_outliers) {
+    return spqr_formula_bits_sq(rows, cols, wbits, beta1, beta2, sbits, zbits, SPQR_SQ_MINMAX, n_outliers);
+}
+
 double spqr_qlayer_formula_bits(const spqr_qlayer *q) {
-    return spqr_formula_bits(q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, q->n_outliers);
+    return spqr_formula_bits_sq(q->rows, q->cols, q->wbits, q->beta1, q->beta2, q->sbits, q->zbits, q->sq,
+                                q->n_outliers);
 }
 
 static bool f16_finite(uint16_t h) { return (h & 0x7c00u) != 0x7c00u; }
@@ -159,6 +209,9 @@ spqr_status spqr_qlayer_validate(const spqr_qlayer *q) {
     if (q->beta2 > 0 && (q->sbits < 1 || q->sbits > 8 || q->zbits < 1 || q->zbits > 8))
         return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistic bits (%d, %d) not in 1..8",
                          (int)q->sbits, (int)q->zbits);
+    if (q->beta2 == 0 && q->sq != SPQR_SQ_MINMAX)
+        return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistics quantizer %d without bilevel statistics",
+                         (int)q->sq);
     if (!q->perm || !q->codes || !q->row_ptr)
         return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: missing arrays");
     if (q->beta2 > 0 ? !(q->scale_code && q->zero_code && q->s2_scale && q->s2_zero &&
@@ -194,6 +247,25 @@ spqr_status spqr_qlayer_validate(const spqr_qlayer *q) {
                 return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: statistic code at %zu exceeds "
                                  "its bit width", i);
         const size_t n2 = (size_t)q->ngroups * (size_t)q->nrb;
+        if (q->sq < 0 || q->sq >= SPQR_SQ_COUNT)
+            return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: unknown statistics quantizer %d", (int)q->sq);
+        if (q->sq == SPQR_SQ_UNIFORM) {
+            const uint16_t ms = spqr_f32_to_f16(spqr_sq_mid(q->sbits)), mz = spqr_f32_to_f16(spqr_sq_mid(q->zbits));
+            for (size_t i = 0; i < n2; i++)
+                if (q->s2_zero[i] != ms || q->z2_zero[i] != mz)
+                    return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: uniform statistics with a zero point "
+                                     "other than the mid-point at %zu", i);
+        }
+        if (q->sq == SPQR_SQ_KMEANS) {
+            if (!q->cb_scale || !q->cb_zero)
+                return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: missing k-means codebooks");
+            for (int i = 0; i < (1 << q->sbits); i++)
+                if (!f16_finite(q->cb_scale[i]))
+                    return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: non-finite scale centroid %d", i);
+            for (int i = 0; i < (1 << q->zbits); i++)
+                if (!f16_finite(q->cb_zero[i]))
+                    return spqr_fail(SPQR_ERR_FORMAT, "quantized layer: non-finite zero centroid %d", i);
+        }
         for (size_t i = 0; i < n2; i++)
             if (!f16_finite(q->s2_scale[i]) || !f16_finite(q->s2_zero[i]) ||
                 !f16_finite(q->z2_scale[i]) || !f16_finite(q->z2_zero[i]))

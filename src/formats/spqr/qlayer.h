@@ -10,10 +10,17 @@
  * tests all compute exactly this, in float32, in this order of operations):
  *
  *   g  = j / beta1                         (first-level group of column j)
- *   if beta2 > 0 (bilevel statistics):
+ *   if beta2 > 0 (bilevel statistics), by the statistics quantizer sq:
+ *     minmax, uniform:
  *       rb    = r / beta2                  (second-level row block)
  *       scale = f16(s2_scale[g*nrb+rb]) * ((float)scale_code[g*rows+r] - f16(s2_zero[g*nrb+rb]))
  *       zero  = f16(z2_scale[g*nrb+rb])  * ((float)zero_code[g*rows+r]  - f16(z2_zero[g*nrb+rb]))
+ *       (uniform: s2_zero and z2_zero are fixed at the mid-points
+ *        (2^sbits - 1)/2 and (2^zbits - 1)/2, which are exact in fp16; the
+ *        file stores only s2_scale and z2_scale, spqr_sq_mid)
+ *     kmeans (one codebook per layer and statistic kind):
+ *       scale = f16(cb_scale[scale_code[g*rows+r]])
+ *       zero  = f16(cb_zero[zero_code[g*rows+r]])
  *   else:
  *       scale = f16(scale_f16[g*rows+r]);  zero = f16(zero_f16[g*rows+r])
  *   w = scale * ((float)code[r*cols+j] - zero)
@@ -28,6 +35,21 @@
 
 #include "../../util/common.h"
 
+/* Quantizer of the bilevel statistics (the layer key "stat_quantizer"). */
+typedef enum spqr_statq {
+    SPQR_SQ_MINMAX = 0,  /* asymmetric min-max per (row block, group): stats2 [NRB][NG][4] */
+    SPQR_SQ_UNIFORM = 1, /* symmetric absmax per (row block, group), mid-point zero: [NRB][NG][2] */
+    SPQR_SQ_KMEANS = 2,  /* Lloyd codebook per layer: [2^sbits + 2^zbits] fp16 centroids */
+    SPQR_SQ_COUNT = 3
+} spqr_statq;
+
+/* "minmax", "uniform", "kmeans" (NULL for an unknown value). */
+const char *spqr_statq_name(int sq);
+/* The variant named s, or -1. */
+int spqr_statq_parse(const char *s);
+/* The uniform variant's fixed mid-point code (2^bits - 1) / 2 (exact in fp16). */
+static inline float spqr_sq_mid(int bits) { return 0.5f * (float)((1 << bits) - 1); }
+
 typedef struct spqr_qlayer {
     int32_t rows, cols;
     int32_t wbits;         /* 2..8: codes in [0, 2^wbits - 1]                 */
@@ -36,6 +58,7 @@ typedef struct spqr_qlayer {
     int32_t sbits, zbits;  /* bits of scale / zero codes (bilevel only)      */
     int32_t ngroups;       /* ceil(cols / beta1)                              */
     int32_t nrb;           /* ceil(rows / beta2) (0 when beta2 == 0)         */
+    int32_t sq;            /* spqr_statq (bilevel only; 0 = minmax)          */
 
     int32_t *perm;         /* [cols] always present (identity allowed)       */
     uint8_t *codes;        /* [rows * cols] one code per byte, row-major     */
@@ -45,6 +68,8 @@ typedef struct spqr_qlayer {
     uint8_t *zero_code;    /* [ngroups * rows]                                */
     uint16_t *s2_scale, *s2_zero; /* [ngroups * nrb] fp16 bits              */
     uint16_t *z2_scale, *z2_zero; /* [ngroups * nrb] fp16 bits              */
+    uint16_t *cb_scale;    /* kmeans: [2^sbits] fp16 centroids (NULL otherwise) */
+    uint16_t *cb_zero;     /* kmeans: [2^zbits] fp16 centroids                */
 
     /* plain (beta2 == 0) */
     uint16_t *scale_f16;   /* [ngroups * rows] fp16 bits                      */
@@ -66,6 +91,12 @@ spqr_status spqr_qlayer_alloc(spqr_qlayer *q, int32_t rows, int32_t cols,
                               int32_t sbits, int32_t zbits);
 void spqr_qlayer_free(spqr_qlayer *q); /* frees arrays, zeroes the struct */
 
+/* Switch a freshly allocated bilevel layer to statistics quantizer sq:
+ * uniform fills s2_zero / z2_zero with the fixed mid-points, kmeans
+ * allocates cb_scale / cb_zero (zeroed). SPQR_ERR_INVALID_ARG for an unknown
+ * sq or a non-minmax sq on a layer with beta2 == 0; SPQR_ERR_NOMEM. */
+spqr_status spqr_qlayer_set_statq(spqr_qlayer *q, int sq);
+
 /* First-level statistics of (row r, group g), dequantized as defined above. */
 void spqr_qlayer_group_stats(const spqr_qlayer *q, int32_t r, int32_t g,
                              float *scale, float *zero);
@@ -75,12 +106,19 @@ void spqr_qlayer_dequantize(const spqr_qlayer *q, float *w);
 
 /* Exact storage bits of the quantized layer as the paper counts them:
  * wbits + (sbits+zbits)/beta1 + 2*(16+16)/(beta1*beta2) + 32*outlier share
- * (beta2 == 0: wbits + 32/beta1 + 32*outlier share), per weight. */
+ * (beta2 == 0: wbits + 32/beta1 + 32*outlier share), per weight. The second-
+ * level term depends on the statistics quantizer: minmax 64/(beta1*beta2)
+ * (two fp16 scale+zero pairs), uniform 32/(beta1*beta2) (two fp16 steps),
+ * kmeans 16*(2^sbits + 2^zbits)/(rows*cols) (the layer's two codebooks). */
 double spqr_qlayer_formula_bits(const spqr_qlayer *q);
 /* The same formula from the geometry (beta1 <= 0 or > cols: one group per
- * row); the one definition used by the quantizers, the file and inspect. */
+ * row), minmax statistics; the one definition used by the quantizers, the
+ * file and inspect. */
 double spqr_formula_bits(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
                          int64_t n_outliers);
+/* spqr_formula_bits for statistics quantizer sq (spqr_statq). */
+double spqr_formula_bits_sq(int64_t rows, int64_t cols, int wbits, int beta1, int beta2, int sbits, int zbits,
+                            int sq, int64_t n_outliers);
 
 /* Check that a layer (e.g. one read from a file) is self-consistent: known
  * geometry, perm a permutation, every code within its bit width, finite

@@ -13,7 +13,8 @@
 #include "../gptq_driver.h"
 
 typedef struct engine {
-    int rows, cols, glen, beta2, nrb, sbits, zbits;
+    int rows, cols, glen, beta2, nrb, sbits, zbits, statq;
+    float *cbs, *cbz;  /* kmeans: the layer's centroids as floats [2^sbits], [2^zbits] */
     float maxq;
     int feedback;  /* GPTQ error feedback */
     int outliers;  /* SpQR per-column outlier detection */
@@ -44,13 +45,14 @@ static bool ol_push(spqr_outlier_list *l, uint32_t r, uint32_t j, uint16_t v) {
     return true;
 }
 
-/* Fit the statistics of group g for rows [r0, r1) on the current weights and
- * leave their dequantized values in scur/zcur. scratch: 2 * group length. */
-static void fit_group(engine *E, int g, int r0, int r1, float *scratch) {
+/* The real-valued first-level statistics of group g for rows [r0, r1) on
+ * the current weights: plain (beta2 == 0): the range lo/hi in fs/fz;
+ * bilevel: the bounded min-max scale / zero in fs / fz, zero scales replaced
+ * by their row block's smallest. scratch: 2 * group length. */
+static void first_level(engine *E, int g, int r0, int r1, float *scratch) {
     const int rows = E->rows;
     const int c0 = g * E->glen, c1 = imin(c0 + E->glen, E->cols), n = c1 - c0;
     float *lo = E->fs, *hi = E->fz; /* reused in place below */
-    spqr_qlayer *q = E->q;
 
     if (!E->loo) {
         const float *w0 = E->Wt + (size_t)c0 * rows;
@@ -82,14 +84,7 @@ static void fit_group(engine *E, int g, int r0, int r1, float *scratch) {
         }
     }
 
-    if (E->beta2 == 0) {
-        for (int r = r0; r < r1; r++) {
-            size_t i = (size_t)g * rows + r;
-            spqr_minmax_fit_f16(lo[r], hi[r], E->maxq, &q->scale_f16[i], &q->zero_f16[i]);
-            spqr_qlayer_group_stats(q, r, g, &E->scur[r], &E->zcur[r]);
-        }
-        return;
-    }
+    if (E->beta2 == 0) return;
 
     /* bilevel: the zero points of one row block share a zbits-bit grid, so
      * keep each within [-zslack, 1 + zslack] * maxq (a group far from 0,
@@ -108,13 +103,70 @@ static void fit_group(engine *E, int g, int r0, int r1, float *scratch) {
         if (!(ref < INFINITY)) ref = 1.0f;
         for (int r = b0; r < b1; r++)
             if (!(E->fs[r] > 0.0f)) E->fs[r] = ref;
+    }
+}
+
+/* Fit the statistics of group g for rows [r0, r1) on the current weights and
+ * leave their dequantized values in scur/zcur. scratch: 2 * group length. */
+static void fit_group(engine *E, int g, int r0, int r1, float *scratch) {
+    const int rows = E->rows;
+    spqr_qlayer *q = E->q;
+    first_level(E, g, r0, r1, scratch);
+    if (E->beta2 == 0) {
+        for (int r = r0; r < r1; r++) {
+            size_t i = (size_t)g * rows + r;
+            spqr_minmax_fit_f16(E->fs[r], E->fz[r], E->maxq, &q->scale_f16[i], &q->zero_f16[i]);
+            spqr_qlayer_group_stats(q, r, g, &E->scur[r], &E->zcur[r]);
+        }
+        return;
+    }
+    for (int rb = r0 / E->beta2; rb * E->beta2 < r1; rb++) {
+        const int b0 = rb * E->beta2, b1 = imin(b0 + E->beta2, rows);
         const size_t i = (size_t)g * rows + b0, k = (size_t)g * E->nrb + rb;
-        spqr_quantize_stat_block(E->fs + b0, b1 - b0, E->sbits, q->scale_code + i, &q->s2_scale[k],
-                                 &q->s2_zero[k]);
-        spqr_quantize_stat_block(E->fz + b0, b1 - b0, E->zbits, q->zero_code + i, &q->z2_scale[k],
-                                 &q->z2_zero[k]);
+        if (E->statq == SPQR_SQ_UNIFORM) { /* s2_zero / z2_zero stay at the mid-points */
+            spqr_quantize_stat_block_uniform(E->fs + b0, b1 - b0, E->sbits, q->scale_code + i, &q->s2_scale[k]);
+            spqr_quantize_stat_block_uniform(E->fz + b0, b1 - b0, E->zbits, q->zero_code + i, &q->z2_scale[k]);
+        } else if (E->statq == SPQR_SQ_KMEANS) { /* the layer's codebooks (prepare) */
+            for (int r = b0; r < b1; r++) {
+                q->scale_code[(size_t)g * rows + r] = spqr_kmeans_code(E->fs[r], E->cbs, 1 << E->sbits);
+                q->zero_code[(size_t)g * rows + r] = spqr_kmeans_code(E->fz[r], E->cbz, 1 << E->zbits);
+            }
+        } else {
+            spqr_quantize_stat_block(E->fs + b0, b1 - b0, E->sbits, q->scale_code + i, &q->s2_scale[k],
+                                     &q->s2_zero[k]);
+            spqr_quantize_stat_block(E->fz + b0, b1 - b0, E->zbits, q->zero_code + i, &q->z2_scale[k],
+                                     &q->z2_zero[k]);
+        }
     }
     for (int r = r0; r < r1; r++) spqr_qlayer_group_stats(q, r, g, &E->scur[r], &E->zcur[r]);
+}
+
+/* kmeans: fit the layer's two codebooks to the first-level statistics of
+ * every group on the weights as the driver hands them over (permuted, before
+ * any error feedback); the column steps then code each statistic, fitted on
+ * the updated weights, by its nearest centroid. */
+static spqr_status fit_codebooks(engine *E) {
+    const int rows = E->rows, ng = E->q->ngroups;
+    const size_t n = (size_t)ng * (size_t)rows;
+    float *all = spqr_malloc_array(n, 2 * sizeof(float));
+    float *scratch = spqr_malloc_array(2 * (size_t)imin(E->glen, E->cols), sizeof(float));
+    if (!all || !scratch) {
+        free(all);
+        free(scratch);
+        return spqr_fail(SPQR_ERR_NOMEM, "quantize: out of memory (k-means statistics)");
+    }
+    for (int g = 0; g < ng; g++) {
+        first_level(E, g, 0, rows, scratch);
+        memcpy(all + (size_t)g * rows, E->fs, (size_t)rows * sizeof(float));
+        memcpy(all + n + (size_t)g * rows, E->fz, (size_t)rows * sizeof(float));
+    }
+    spqr_status st = spqr_kmeans_fit_stats(all, n, E->sbits, E->q->cb_scale);
+    if (!st) st = spqr_kmeans_fit_stats(all + n, n, E->zbits, E->q->cb_zero);
+    for (int i = 0; !st && i < (1 << E->sbits); i++) E->cbs[i] = spqr_f16_to_f32(E->q->cb_scale[i]);
+    for (int i = 0; !st && i < (1 << E->zbits); i++) E->cbz[i] = spqr_f16_to_f32(E->q->cb_zero[i]);
+    free(all);
+    free(scratch);
+    return st;
 }
 
 /* The column step: commit column j of rows [r0, r1) (driver contract). */
@@ -159,7 +211,7 @@ static spqr_status prepare(void *user, const spqr_gptq_state *S) {
     engine *E = user;
     E->hw = S->hw;
     E->Wt = S->Wt;
-    if (!E->outliers) return SPQR_OK;
+    if (!E->outliers) return E->statq == SPQR_SQ_KMEANS ? fit_codebooks(E) : SPQR_OK;
     const int rows = S->rows, cols = S->cols;
     double acc = 0.0;
     for (int j = 0; j < cols; j++) {
@@ -172,7 +224,7 @@ static spqr_status prepare(void *user, const spqr_gptq_state *S) {
         acc += v * (double)S->hw[j];
     }
     E->thr = (float)(E->tau * acc / cols);
-    return SPQR_OK;
+    return E->statq == SPQR_SQ_KMEANS ? fit_codebooks(E) : SPQR_OK; /* uses thr (leave-one-out fits) */
 }
 
 spqr_status spqr_quant_engine(const float *W, int rows, int cols, const double *H,
@@ -188,6 +240,10 @@ spqr_status spqr_quant_engine(const float *W, int rows, int cols, const double *
     E.nrb = q->nrb;
     E.sbits = q->sbits;
     E.zbits = q->zbits;
+    E.statq = q->beta2 > 0 ? q->sq : SPQR_SQ_MINMAX;
+    float cbs[256], cbz[256];
+    E.cbs = cbs;
+    E.cbz = cbz;
     E.maxq = (float)((1 << q->wbits) - 1);
     E.feedback = gptq;
     E.outliers = p->method == SPQR_METHOD_SPQR && p->tau > 0;

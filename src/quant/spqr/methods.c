@@ -41,6 +41,9 @@ static spqr_status set_tau_other(void *p, double v) {
         {"stat-bits", SPQR_QOPT_INT, 0, 1, 8, NULL, "bits of the quantized scales/zeros (3)", set_stat_bits},        \
         {"stat-group-size", SPQR_QOPT_INT, QP(beta2), 0, 1 << 30, NULL,                                              \
          "second-level group beta2 (" b2_default "; 0 = fp16 statistics)", NULL},                                    \
+        {"stat-quantizer", SPQR_QOPT_CHOICE, QP(statq), 0, 0, "minmax|uniform|kmeans",                               \
+         "quantizer of the bilevel statistics: minmax (asymmetric per beta2 block), uniform (symmetric absmax per "  \
+         "block, mid-point zero) or kmeans (Lloyd codebook per layer) (minmax)", NULL},                              \
         {"perm", SPQR_QOPT_CHOICE, 0, 0, 0, "act-order|identity", "column order: act-order or identity (act-order; rtn always identity)",        \
          set_perm},                                                                                                  \
         {"percdamp", SPQR_QOPT_DOUBLE, QP(percdamp), 0, 1, NULL, "Hessian dampening, fraction of mean diag (0.01)", \
@@ -115,6 +118,7 @@ static spqr_status provenance(const void *params, cJSON *o) {
                {"sbits", q->sbits}, {"zbits", q->zbits}, {"tau", q->tau}};
     bool ok = true;
     for (size_t i = 0; i < sizeof num / sizeof *num; i++) ok &= cJSON_AddNumberToObject(o, num[i].k, num[i].v) != NULL;
+    ok &= cJSON_AddStringToObject(o, "stat_quantizer", spqr_statq_name(q->statq)) != NULL;
     ok &= cJSON_AddBoolToObject(o, "simplified_outliers", q->simplified_outliers) != NULL;
     ok &= cJSON_AddStringToObject(o, "perm", q->act_order ? "act-order" : "identity") != NULL;
     ok &= cJSON_AddNumberToObject(o, "percdamp", q->percdamp) != NULL;

@@ -57,6 +57,22 @@ void spqr_minmax_fit_f16(float lo, float hi, float maxq, uint16_t *scale_h,
 void spqr_quantize_stat_block(const float *x, int n, int bits, uint8_t *codes,
                               uint16_t *scale_h, uint16_t *zero_h);
 
+/* Uniform (symmetric) second-level quantization of one stat block (statq.c):
+ * step = fp16(max|x| / m) with m = (2^bits - 1)/2 (clamped to 65504), code
+ * k = clamp(floor(x / step + m + 1/2), 0, 2^bits - 1) (nearest level
+ * step*(k - m), ties up; a zero step gives k = 2^(bits-1)). */
+void spqr_quantize_stat_block_uniform(const float *x, int n, int bits, uint8_t *codes, uint16_t *step_h);
+
+/* Fit a 2^bits-level codebook to x[0..n) (statq.c): Lloyd iterations from
+ * three deterministic initial codebooks (quantiles, min-max grid, symmetric
+ * absmax grid), fp16 centroids, sorted ascending; returns the candidate (the
+ * inits included) with the least squared error under spqr_kmeans_code. */
+spqr_status spqr_kmeans_fit_stats(const float *x, size_t n, int bits, uint16_t *cb_h);
+
+/* Index of the centroid of cb[0..k) (ascending) nearest to x (the lowest on
+ * a tie). O(log k). */
+uint8_t spqr_kmeans_code(float x, const float *cb, int k);
+
 /* Leave-one-out outlier criterion of one row of a group: v[0..n) the weights,
  * hw[0..n) their Hessian weights 1/U[k][k]^2. red[k] = (sum_i hw_i (v_i -
  * q_i)^2 with the min-max grid fitted on all of v) - (the same sum over

@@ -64,6 +64,12 @@ spqr_status spqr_qparams_validate(const spqr_qparams *p, int cols) {
         return spqr_fail(SPQR_ERR_INVALID_ARG,
                          "statistic group size (beta2) %d: must be >= 1, or 0 for fp16 statistics",
                          p->beta2);
+    if (p->statq < 0 || p->statq >= SPQR_SQ_COUNT)
+        return spqr_fail(SPQR_ERR_INVALID_ARG, "statistics quantizer %d: unknown", p->statq);
+    if (p->statq != SPQR_SQ_MINMAX && p->beta2 == 0)
+        return spqr_fail(SPQR_ERR_INVALID_ARG,
+                         "--stat-quantizer %s quantizes bilevel statistics: it needs --stat-group-size > 0",
+                         spqr_statq_name(p->statq));
     if (p->beta2 > 0 && (p->sbits < 1 || p->sbits > 8))
         return spqr_fail(SPQR_ERR_INVALID_ARG, "scale bits %d: must be between 1 and 8", p->sbits);
     if (p->beta2 > 0 && (p->zbits < 1 || p->zbits > 8))
@@ -174,6 +180,11 @@ spqr_status spqr_quantize_layer_ex(const float *W, int rows, int cols, const dou
 
     st = spqr_qlayer_alloc(out, rows, cols, p->wbits, p->beta1, p->beta2, p->sbits, p->zbits);
     if (st != SPQR_OK) return st;
+    st = spqr_qlayer_set_statq(out, p->statq);
+    if (st != SPQR_OK) {
+        spqr_qlayer_free(out);
+        return st;
+    }
     st = spqr_quant_engine(W, rows, cols, H, p, out, committed);
     if (st == SPQR_OK && rep) st = make_report(W, rows, cols, H, out, rep);
     if (st != SPQR_OK) spqr_qlayer_free(out);

@@ -18,6 +18,8 @@ typedef struct spqr_qparams {
     int beta1;             /* group size; 0 = one group per row (per-channel) */
     int beta2;             /* stat row-block size; 0 = fp16 stats             */
     int sbits, zbits;      /* bits for scale / zero codes when beta2 > 0      */
+    int statq;             /* quantizer of the bilevel statistics (spqr_statq:
+                              minmax, uniform, kmeans; qlayer.h)               */
     double tau;            /* outlier relative threshold; <= 0 = no outliers  */
     int simplified_outliers; /* 1: no leave-one-out stat fitting             */
     int act_order;         /* 1: permute columns by descending diag(H)       */

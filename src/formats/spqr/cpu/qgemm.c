@@ -14,7 +14,7 @@ static size_t carve(const spqr_packed *W, char *base, spqr_qg_bufs *b) {
         (size_t)SPQR_QG_CH * SPQR_PACKED_TILE * sizeof(float),                /* cbuf  */
         (size_t)spqr_qg_chunk_groups(W) * 2 * SPQR_PACKED_TILE * sizeof(float), /* sbuf  */
         (size_t)SPQR_QG_TB * 2 * SPQR_PACKED_TILE * sizeof(float),           /* state */
-        W->beta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0,          /* s2f   */
+        W->kbeta2 > 0 ? (size_t)W->ngroups * 4 * sizeof(float) : 0,         /* s2f   */
         (size_t)W->ngroups * 2 * SPQR_PACKED_TILE * sizeof(float),           /* tstats */
         (size_t)W->max_tile_outliers * sizeof(float),                        /* olbuf */
     };
@@ -114,21 +114,11 @@ spqr_status spqr_qgemm(const spqr_packed *W, const float *X, int n_tok, float *Y
 
 /* ---- scalar reference -------------------------------------------------------- */
 
-/* First-level statistics of (row r, group g), exactly as qlayer.h. */
+/* First-level statistics of (row r, group g), exactly as qlayer.h: the
+ * layout's one decode of every statistics quantizer (packed.h), read from the
+ * file's sections (not the kernels' derived copies). */
 static void ref_stats(const spqr_packed *W, int64_t r, int64_t g, float *scale, float *zero) {
-    const int lane = (int)(r % TILE);
-    if (W->beta2 > 0) {
-        const uint32_t *base = W->stat_codes + (r / TILE) * W->stat_words * TILE;
-        uint32_t v = spqr_packed_get_bits(base, lane, g * (W->sbits + W->zbits), W->sbits + W->zbits);
-        uint32_t sc = v & ((1u << W->sbits) - 1u), zc = v >> W->sbits;
-        const uint16_t *e = W->stats2 + ((r / W->beta2) * W->ngroups + g) * 4;
-        *scale = spqr_f16_to_f32(e[0]) * ((float)sc - spqr_f16_to_f32(e[1]));
-        *zero = spqr_f16_to_f32(e[2]) * ((float)zc - spqr_f16_to_f32(e[3]));
-    } else {
-        const uint16_t *e = W->stats + (((r / TILE) * W->ngroups + g) * 2) * TILE;
-        *scale = spqr_f16_to_f32(e[lane]);
-        *zero = spqr_f16_to_f32(e[TILE + lane]);
-    }
+    spqr_packed_group_stats(W, r, g, scale, zero);
 }
 
 spqr_status spqr_qgemm_ref(const spqr_packed *W, const float *X, int n_tok, float *Y) {

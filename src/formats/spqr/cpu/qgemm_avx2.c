@@ -48,9 +48,9 @@ static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) { spqr_qg_dec_chunk
 static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const spqr_packed *W = c->W;
     const int64_t NG = W->ngroups, t = c->tile;
-    if (W->beta2 == 0) {
+    if (W->kbeta2 == 0) {
         for (int64_t g = g0; g <= g1; g++) {
-            const uint16_t *e = W->stats + ((t * NG + g) * 2) * 16;
+            const uint16_t *e = W->kstats + ((t * NG + g) * 2) * 16;
             float *o = c->sbuf + (g - g0) * 32;
             for (int i = 0; i < 4; i++)
                 _mm256_store_ps(o + 8 * i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(e + 8 * i))));
@@ -61,8 +61,8 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const uint32_t *sw = W->stat_codes + t * W->stat_words * 16;
     const __m256i smask = _mm256_set1_epi32((1 << W->sbits) - 1), zmask = _mm256_set1_epi32((1 << W->zbits) - 1);
     const __m128i sbc = _mm_cvtsi32_si128(sb);
-    const bool tile_rb = W->beta2 % 16 == 0;
-    const int64_t rb_t = t * 16 / W->beta2;
+    const bool tile_rb = W->kbeta2 % 16 == 0;
+    const int64_t rb_t = t * 16 / W->kbeta2;
     for (int64_t g = g0; g <= g1; g++) {
         const int64_t p = g * SZ, w = p >> 5;
         const int s = (int)(p & 31);
@@ -70,7 +70,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
         __m256 s2s, s2z, z2s, z2z;
         float a[4][16] __attribute__((aligned(32)));
         if (tile_rb) {
-            const uint16_t *e = W->stats2 + (rb_t * NG + g) * 4;
+            const uint16_t *e = W->kstats2 + (rb_t * NG + g) * 4;
             const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
             s2s = _mm256_broadcastss_ps(q);
             s2z = _mm256_broadcastss_ps(_mm_shuffle_ps(q, q, 0x55));
@@ -80,7 +80,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
             for (int l = 0; l < 16; l++) {
                 int64_t r = t * 16 + l;
                 if (r >= W->rows) r = W->rows - 1;
-                const uint16_t *e = W->stats2 + ((r / W->beta2) * NG + g) * 4;
+                const uint16_t *e = W->kstats2 + ((r / W->kbeta2) * NG + g) * 4;
                 const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
                 float f[4];
                 _mm_storeu_ps(f, q);
@@ -201,8 +201,8 @@ static void run_chunk(const kctx *c, int64_t c0, int64_t c1) {
 
 AI void group_stats(const kctx *c, const uint32_t *sw, int64_t g, __m256 *scale, __m256 *zero) {
     const spqr_packed *W = c->W;
-    if (W->beta2 == 0) {
-        const uint16_t *e = W->stats + ((c->tile * W->ngroups + g) * 2) * 16;
+    if (W->kbeta2 == 0) {
+        const uint16_t *e = W->kstats + ((c->tile * W->ngroups + g) * 2) * 16;
         for (int h = 0; h < 2; h++) {
             scale[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(e + 8 * h)));
             zero[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(e + 16 + 8 * h)));
@@ -245,7 +245,7 @@ AI void finish_group(const kctx *c, const uint32_t *sw, int64_t g, const float *
 AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
     const spqr_packed *W = c->W;
     const uint32_t *tw = W->codes + c->tile * W->code_words * 16;
-    const uint32_t *sw = W->beta2 > 0 ? W->stat_codes + c->tile * W->stat_words * 16 : NULL;
+    const uint32_t *sw = W->kbeta2 > 0 ? W->stat_codes + c->tile * W->stat_words * 16 : NULL;
     const float *x = c->job->xp, *xs = c->job->xs;
     const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
     __m256 y[2], d[2][2];
@@ -295,13 +295,13 @@ AI void nt1_fused(const kctx *c, int64_t nblk, const int B, const int GL) {
     }
 
 static bool fused_ok(const spqr_packed *W) {
-    return (W->beta2 == 0 || W->beta2 % 16 == 0) && (W->beta1 == 16 || W->beta1 % 32 == 0);
+    return (W->kbeta2 == 0 || W->kbeta2 % 16 == 0) && (W->beta1 == 16 || W->beta1 % 32 == 0);
 }
 
 static void run_fused(const kctx *c, int64_t nblk) {
     const spqr_packed *W = c->W;
-    if (W->beta2 > 0) {
-        const uint16_t *e = W->stats2 + (c->tile * 16 / W->beta2) * W->ngroups * 4;
+    if (W->kbeta2 > 0) {
+        const uint16_t *e = W->kstats2 + (c->tile * 16 / W->kbeta2) * W->ngroups * 4;
         const int64_t n = (int64_t)W->ngroups * 4;
         int64_t i = 0;
         for (; i + 8 <= n; i += 8)

@@ -89,9 +89,9 @@ static void dec_chunk(const kctx *c, int64_t c0, int64_t c1) { spqr_qg_dec_chunk
 static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const spqr_packed *W = c->W;
     const int64_t NG = W->ngroups, t = c->tile;
-    if (W->beta2 == 0) {
+    if (W->kbeta2 == 0) {
         for (int64_t g = g0; g <= g1; g++) {
-            const uint16_t *e = W->stats + ((t * NG + g) * 2) * 16;
+            const uint16_t *e = W->kstats + ((t * NG + g) * 2) * 16;
             float *o = c->sbuf + (g - g0) * 32;
             _mm512_store_ps(o, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)e)));
             _mm512_store_ps(o + 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(e + 16))));
@@ -102,8 +102,8 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
     const uint32_t *sw = W->stat_codes + t * W->stat_words * 16;
     const __m512i smask = _mm512_set1_epi32((1 << W->sbits) - 1), zmask = _mm512_set1_epi32((1 << W->zbits) - 1);
     const __m128i sbc = _mm_cvtsi32_si128(sb);
-    const bool tile_rb = W->beta2 % 16 == 0; /* one row block per tile */
-    const int64_t rb_t = t * 16 / W->beta2;
+    const bool tile_rb = W->kbeta2 % 16 == 0; /* one row block per tile */
+    const int64_t rb_t = t * 16 / W->kbeta2;
     for (int64_t g = g0; g <= g1; g++) {
         const int64_t p = g * SZ, w = p >> 5;
         const int s = (int)(p & 31);
@@ -114,7 +114,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
         const __m512 zc = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(v, sbc), zmask));
         __m512 s2s, s2z, z2s, z2z;
         if (tile_rb) {
-            const uint16_t *e = W->stats2 + (rb_t * NG + g) * 4;
+            const uint16_t *e = W->kstats2 + (rb_t * NG + g) * 4;
             const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
             s2s = _mm512_broadcastss_ps(q);
             s2z = _mm512_broadcastss_ps(_mm_shuffle_ps(q, q, 0x55));
@@ -125,7 +125,7 @@ static void dec_stats(const kctx *c, int64_t g0, int64_t g1) {
             for (int l = 0; l < 16; l++) {
                 int64_t r = t * 16 + l;
                 if (r >= W->rows) r = W->rows - 1;
-                const uint16_t *e = W->stats2 + ((r / W->beta2) * NG + g) * 4;
+                const uint16_t *e = W->kstats2 + ((r / W->kbeta2) * NG + g) * 4;
                 const __m128 q = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)e));
                 float f[4];
                 _mm_storeu_ps(f, q);
@@ -233,8 +233,8 @@ static void run_chunk(const kctx *c, int64_t c0, int64_t c1) {
  * when bilevel with beta2 % 16 == 0). */
 AI void group_stats(const kctx *c, const uint32_t *sw, int64_t g, __m512 tab, __m512 *scale, __m512 *zero) {
     const spqr_packed *W = c->W;
-    if (W->beta2 == 0) {
-        const uint16_t *e = W->stats + ((c->tile * W->ngroups + g) * 2) * 16;
+    if (W->kbeta2 == 0) {
+        const uint16_t *e = W->kstats + ((c->tile * W->ngroups + g) * 2) * 16;
         *scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)e));
         *zero = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(e + 16)));
         return;
@@ -279,7 +279,7 @@ AI void finish_group(const kctx *c, int64_t g, int tt, const int NT, const int P
 /* scale and zero of every group for the tile's 16 rows: tstats[g][2][16]. */
 static void tile_stats(const kctx *c) {
     const spqr_packed *W = c->W;
-    const uint32_t *sw = W->beta2 > 0 ? W->stat_codes + c->tile * W->stat_words * 16 : NULL;
+    const uint32_t *sw = W->kbeta2 > 0 ? W->stat_codes + c->tile * W->stat_words * 16 : NULL;
     const int m = W->sbits >= 1 && W->sbits <= 4 ? (1 << W->sbits) - 1 : 15;
     const __m512 stab = _mm512_setr_ps(0 & m, 1 & m, 2 & m, 3 & m, 4 & m, 5 & m, 6 & m, 7 & m, 8 & m, 9 & m, 10 & m,
                                        11 & m, 12 & m, 13 & m, 14 & m, 15 & m);
@@ -364,7 +364,7 @@ AI void fused_tokens(const kctx *c, int64_t nblk, int tt, const int B, const int
 
 /* Whether the fused path applies (then it covers whole groups in whole blocks). */
 static bool fused_ok(const spqr_packed *W) {
-    return (W->beta2 == 0 || W->beta2 % 16 == 0) && (W->beta1 == 16 || W->beta1 % 32 == 0);
+    return (W->kbeta2 == 0 || W->kbeta2 % 16 == 0) && (W->beta1 == 16 || W->beta1 % 32 == 0);
 }
 
 #define PF_MAX 1024
@@ -384,12 +384,12 @@ static void next_tile_lines(kctx *c, int64_t max) {
     c->npf = 0;
     if (max > PF_MAX) max = PF_MAX;
     if (t >= W->ntiles) return;
-    if (W->beta2 > 0) {
+    if (W->kbeta2 > 0) {
         add_lines(c, W->stat_codes + t * W->stat_words * 16, (size_t)W->stat_words * 64, max);
-        const int64_t rb = t * 16 / W->beta2;
-        if (rb != c->tile * 16 / W->beta2) add_lines(c, W->stats2 + rb * NG * 4, (size_t)NG * 8, max);
+        const int64_t rb = t * 16 / W->kbeta2;
+        if (rb != c->tile * 16 / W->kbeta2) add_lines(c, W->kstats2 + rb * NG * 4, (size_t)NG * 8, max);
     } else {
-        add_lines(c, W->stats + t * NG * 32, (size_t)NG * 64, max);
+        add_lines(c, W->kstats + t * NG * 32, (size_t)NG * 64, max);
     }
     const int64_t r0 = t * 16, r1 = r0 + 16 < W->rows ? r0 + 16 : W->rows;
     const int64_t k0 = W->ol_row_ptr[r0], k1 = W->ol_row_ptr[r1];
@@ -404,8 +404,8 @@ static void next_tile_lines(kctx *c, int64_t max) {
  * (the tile's codes stay in L2 between passes). */
 static void run_fused(const kctx *c, int64_t nblk) {
     const spqr_packed *W = c->W;
-    if (W->beta2 > 0) { /* float copy of the tile's row block of stats2 */
-        const uint16_t *e = W->stats2 + (c->tile * 16 / W->beta2) * W->ngroups * 4;
+    if (W->kbeta2 > 0) { /* float copy of the tile's row block of stats2 */
+        const uint16_t *e = W->kstats2 + (c->tile * 16 / W->kbeta2) * W->ngroups * 4;
         const int64_t n = (int64_t)W->ngroups * 4;
         int64_t i = 0;
         for (; i + 16 <= n; i += 16)

@@ -32,6 +32,9 @@ static spqr_status validate_layer(const spqr_qlayer *q) {
                              q->beta2);
         if (!q->scale_code || !q->zero_code || !q->s2_scale || !q->s2_zero || !q->z2_scale || !q->z2_zero)
             return spqr_fail(SPQR_ERR_INVALID_ARG, "cuda upload: bilevel statistics missing");
+        if (q->sq < 0 || q->sq >= SPQR_SQ_COUNT || (q->sq == SPQR_SQ_KMEANS && (!q->cb_scale || !q->cb_zero)))
+            return spqr_fail(SPQR_ERR_INVALID_ARG, "cuda upload: statistics quantizer %d unknown or its codebooks "
+                             "missing", q->sq);
     } else if (!q->scale_f16 || !q->zero_f16) {
         return spqr_fail(SPQR_ERR_INVALID_ARG, "cuda upload: fp16 statistics missing");
     }
@@ -91,7 +94,12 @@ spqr_status spqr_gpu_layout_plan(const spqr_qlayer *q, spqr_gpu_plan *p) {
     L->m1 = q->beta1 == SPQR_GPU_QUARTER_COLS;
     if (L->fast && !L->g8 && !L->m1)
         L->gmagic = (uint32_t)((0x100000000ull / (uint64_t)(q->beta1 / SPQR_GPU_QUARTER_COLS)) + 1);
-    const int bil4 = q->beta2 > 0 && q->beta2 % SPQR_GPU_TILE_ROWS == 0 && q->sbits <= 4 && q->zbits <= 4;
+    /* statistics quantizers (qlayer.h): uniform is minmax with its zeros at the
+     * mid-points (the qlayer holds them), so every mode runs it; kmeans has no
+     * second-level pair, so its centroids (fp16, hence exact) go to the fp16
+     * first-level statistics (SM_F16, or the generic layout's floats) */
+    const int bil4 = q->beta2 > 0 && q->beta2 % SPQR_GPU_TILE_ROWS == 0 && q->sbits <= 4 && q->zbits <= 4 &&
+                     q->sq != SPQR_SQ_KMEANS;
     if (L->fast) {
         /* quarters per group m; groups of the padded columns: 16 quarters per quad */
         const int qpq = SPQR_GPU_QUAD_WINDOWS * SPQR_GPU_WINDOW_QUARTERS;
@@ -102,7 +110,7 @@ spqr_status spqr_gpu_layout_plan(const spqr_qlayer *q, spqr_gpu_plan *p) {
     }
     L->smode = bil4 ? SPQR_GPU_SM_BIL4 : SPQR_GPU_SM_F16;
     L->sw = (bil4 ? 2 : 8) * (L->g8 ? 2 : 1);
-    p->exact_stats = !L->fast || bil4 || q->beta2 == 0;
+    p->exact_stats = !L->fast || bil4 || q->beta2 == 0 || q->sq == SPQR_SQ_KMEANS;
     p->n_outliers = q->n_outliers;
 
     p->b_perm = (size_t)q->cols * 4;

@@ -46,6 +46,10 @@
  *    half2 (scale, -zero) (fp16; for bilevel layers these are the exact
  *    float statistics rounded to fp16), 8 words per (tile, quad, lane)
  *    (16 with beta1 = 8).
+ *    Statistics quantizers (qlayer.h): a "uniform" layer is minmax with its
+ *    zeros at the mid-points (the qlayer holds them), so it takes BIL4 or
+ *    F16 like minmax; a "kmeans" layer always takes F16 (its statistics are
+ *    fp16 centroids, so F16 holds them exactly).
  *  - outliers: buckets per (tile, quad), u32 prefix offsets
  *    [ntiles*nquads + 1]; entry = column-in-quad (8 bits) | row-in-tile << 8
  *    | fp16 value << 16 (32 bits per outlier), read by the batch-1 kernel;
@@ -62,8 +66,8 @@
  *
  * Decoded weights equal spqr_qlayer_dequantize exactly (same float32
  * operations) except where the layout holds fp16-rounded statistics
- * (spqr_gpu_plan.exact_stats == 0: fast layout, bilevel, sbits or zbits > 4
- * or beta2 not a multiple of 16).
+ * (spqr_gpu_plan.exact_stats == 0: fast layout, bilevel minmax or uniform,
+ * sbits or zbits > 4 or beta2 not a multiple of 16).
  *
  * All sections of one layer live in one image (host staging buffer or
  * device allocation) at 256-byte aligned offsets: spqr_gpu_plan.

@@ -105,8 +105,9 @@ typedef struct spqr_cuda_qlinear_info {
     int64_t n_outliers;
     int fast;                 /* 1: tensor-core kernels apply (beta1 = 8 or 16k) */
     int exact_stats;          /* 1: the device holds the statistics exactly;
-                                 0: rounded to fp16 (bilevel layers with sbits
-                                 or zbits > 4, or beta2 not a multiple of 16) */
+                                 0: rounded to fp16 (bilevel minmax / uniform
+                                 layers with sbits or zbits > 4, or beta2 not
+                                 a multiple of 16; kmeans layers are exact) */
 } spqr_cuda_qlinear_info;
 void spqr_cuda_qlinear_get_info(const spqr_cuda_qlinear *w,
                                 spqr_cuda_qlinear_info *info);
