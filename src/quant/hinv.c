@@ -138,7 +138,7 @@ spqr_status spqr_chol_inverse_upper(double *A, int n) {
     const int nt = (n + block_of(n) - 1) / block_of(n);
     int nth = spqr_num_threads();
     if (nth > nt * nt) nth = nt * nt;
-    if (omp_in_parallel()) nth = 1;
+    if (omp_in_parallel() || n < 256) nth = 1; /* a thread team costs more than it saves on small n */
     const size_t nn = (size_t)n * (size_t)n;
     reverse(A, nn);
     int fail = chol_then_inverse(A, n, P, nth);

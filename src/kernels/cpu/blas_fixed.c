@@ -21,9 +21,15 @@ void spqr_fixed_tiles(int M, int N, int *tm, int *tn) {
     *tn = tile_of(N, 8, 32, 256);
 }
 
-/* Threads for a tile loop: none extra inside an active parallel region. */
-static int loop_threads(long ntiles) {
-    if (omp_in_parallel() || ntiles < 2) return 1;
+/* Products below this many multiply-adds run their tiles on the calling
+ * thread: a parallel region costs more than it saves there (and a spinning
+ * thread team is slow on a busy machine). */
+#define SMALL_MACS (1 << 21)
+
+/* Threads for a tile loop of `macs` multiply-adds: none extra inside an
+ * active parallel region or for a small product. */
+static int loop_threads(long ntiles, double macs) {
+    if (omp_in_parallel() || ntiles < 2 || macs < SMALL_MACS) return 1;
     int t = spqr_num_threads();
     return t > ntiles ? (int)ntiles : t;
 }
@@ -41,7 +47,7 @@ static int loop_threads(long ntiles) {
         int tm, tn;                                                                                                 \
         spqr_fixed_tiles(M, N, &tm, &tn);                                                                           \
         const long nm = (M + tm - 1) / tm, nn = (N + tn - 1) / tn, nt = nm * nn;                                    \
-        const int nth = loop_threads(nt);                                                                           \
+        const int nth = loop_threads(nt, (double)M * N * K);                                                        \
         _Pragma("omp parallel num_threads(nth)") {                                                                  \
             ONE_BLAS_THREAD();                                                                                      \
             _Pragma("omp for schedule(dynamic, 1)") for (long t = 0; t < nt; t++) {                                 \
@@ -65,7 +71,7 @@ GEMM_FIXED(spqr_dgemm_fixed, double, cblas_dgemm)
         int ts, unused;                                                                                             \
         spqr_fixed_tiles(N, N, &unused, &ts);                                                                       \
         const long nb = (N + ts - 1) / ts, nt = nb * nb;                                                            \
-        const int nth = loop_threads(nb * (nb + 1) / 2);                                                            \
+        const int nth = loop_threads(nb * (nb + 1) / 2, 0.5 * N * N * K);                                           \
         _Pragma("omp parallel num_threads(nth)") {                                                                  \
             ONE_BLAS_THREAD();                                                                                      \
             _Pragma("omp for schedule(dynamic, 1)") for (long t = 0; t < nt; t++) {                                 \
@@ -93,7 +99,7 @@ void spqr_ssymm_right_upper_fixed(int M, int N, float alpha, const float *A, int
     if (M <= 0 || N <= 0) return;
     const int tm = tile_of(M, 16, 16, 256);
     const long nt = (M + tm - 1) / tm;
-    const int nth = loop_threads(nt);
+    const int nth = loop_threads(nt, (double)M * N * N);
 #pragma omp parallel num_threads(nth)
     {
         ONE_BLAS_THREAD();
