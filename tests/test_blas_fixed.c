@@ -12,16 +12,10 @@
 #include "kernels/cpu/blas_fixed.h"
 #include "testutil.h"
 
-static float *randf(size_t n) {
-    float *p = malloc(n * sizeof *p);
-    for (size_t i = 0; i < n; i++) p[i] = tu_rand_normal();
-    return p;
-}
-
 static void check_sgemm(bool ta, bool tb, int M, int N, int K) {
     const int lda = ta ? M + 3 : K + 1, ldb = tb ? K + 2 : N + 5, ldc = N + 7; /* padded leading dimensions */
-    float *A = randf((size_t)(ta ? K : M) * lda), *B = randf((size_t)(tb ? N : K) * ldb);
-    float *C0 = randf((size_t)M * ldc), *R = malloc((size_t)M * ldc * sizeof *R);
+    float *A = tu_rand_vec((size_t)(ta ? K : M) * lda), *B = tu_rand_vec((size_t)(tb ? N : K) * ldb);
+    float *C0 = tu_rand_vec((size_t)M * ldc), *R = malloc((size_t)M * ldc * sizeof *R);
     float *absA = malloc((size_t)(ta ? K : M) * lda * sizeof *absA), *absB = malloc((size_t)(tb ? N : K) * ldb * 4);
     for (size_t i = 0; i < (size_t)(ta ? K : M) * lda; i++) absA[i] = fabsf(A[i]);
     for (size_t i = 0; i < (size_t)(tb ? N : K) * ldb; i++) absB[i] = fabsf(B[i]);
@@ -90,7 +84,7 @@ static void test_syrk(void **state) {
     const int sizes[][2] = {{1, 3}, {40, 9}, {257, 300}, {700, 512}};
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
         const int N = sizes[s][0], K = sizes[s][1], ld = N + 3;
-        float *A = randf((size_t)K * ld), *R = malloc(sizeof(float) * N * ld), *C1 = malloc(sizeof(float) * N * ld),
+        float *A = tu_rand_vec((size_t)K * ld), *R = malloc(sizeof(float) * N * ld), *C1 = malloc(sizeof(float) * N * ld),
               *C2 = malloc(sizeof(float) * N * ld);
         for (int i = 0; i < N * ld; i++) R[i] = C1[i] = C2[i] = (float)i; /* lower triangle must stay */
         cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, N, K, 1.0f, A, ld, 1.0f, R, ld);
@@ -125,7 +119,7 @@ static void test_symm(void **state) {
     (void)state;
     tu_seed(4);
     const int M = 301, N = 70;
-    float *S = randf((size_t)N * N), *B = randf((size_t)M * N), *R = calloc((size_t)M * N, 4),
+    float *S = tu_rand_vec((size_t)N * N), *B = tu_rand_vec((size_t)M * N), *R = calloc((size_t)M * N, 4),
           *C1 = calloc((size_t)M * N, 4), *C2 = calloc((size_t)M * N, 4);
     cblas_ssymm(CblasRowMajor, CblasRight, CblasUpper, M, N, 1.0f, S, N, B, N, 0.0f, R, N);
     spqr_set_num_threads(1);

@@ -105,24 +105,7 @@ static void layer_random(spqr_qlayer *q, const cfg *c) {
         }
     }
     q->row_ptr = calloc((size_t)R + 1, sizeof(uint32_t));
-    size_t cap = 16, k = 0;
-    q->ol_col = malloc(cap * 4);
-    q->ol_val = malloc(cap * 2);
-    for (int r = 0; r < R; r++) {
-        for (int j = 0; j < C && c->ol_frac > 0; j++) {
-            if (tu_rand_uniform() >= c->ol_frac) continue;
-            if (k == cap) {
-                cap *= 2;
-                q->ol_col = realloc(q->ol_col, cap * 4);
-                q->ol_val = realloc(q->ol_val, cap * 2);
-            }
-            q->ol_col[k] = (uint32_t)j;
-            q->ol_val[k] = h(0.3f * tu_rand_normal());
-            k++;
-        }
-        q->row_ptr[r + 1] = (uint32_t)k;
-    }
-    q->n_outliers = (int64_t)k;
+    tu_spqr_random_outliers(q, c->ol_frac, 0.3f);
 }
 
 /* dense float32 weights in PERMUTED column order, exactly per qlayer.h;

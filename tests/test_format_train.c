@@ -65,27 +65,7 @@ static void ql_random(spqr_qlayer *q, const cfg *c) {
             q->zero_f16[i] = spqr_f32_to_f16(qmax * tu_rand_uniform());
         }
     }
-    size_t cap = 16, n = 0;
-    q->ol_col = tc_malloc(cap * sizeof(uint32_t));
-    q->ol_val = tc_malloc(cap * sizeof(uint16_t));
-    const uint32_t thr = (uint32_t)(c->ol * 4294967295.0);
-    for (int r = 0; r < R; r++) {
-        for (int j = 0; j < C && c->ol > 0; j++) {
-            if ((uint32_t)tu_rand_u64() >= thr) continue;
-            if (n == cap) {
-                cap *= 2;
-                q->ol_col = realloc(q->ol_col, cap * sizeof(uint32_t));
-                q->ol_val = realloc(q->ol_val, cap * sizeof(uint16_t));
-                assert_non_null(q->ol_col);
-                assert_non_null(q->ol_val);
-            }
-            q->ol_col[n] = (uint32_t)j;
-            q->ol_val[n] = spqr_f32_to_f16(0.2f * tu_rand_normal());
-            n++;
-        }
-        q->row_ptr[r + 1] = (uint32_t)n;
-    }
-    q->n_outliers = (int64_t)n;
+    tu_spqr_random_outliers(q, c->ol, 0.2f);
 }
 
 static spqr_packed *packed_of(const spqr_qlayer *q) {

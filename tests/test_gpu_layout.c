@@ -70,28 +70,7 @@ static void layer_random_sq(spqr_qlayer *q, int R, int C, int wbits, int beta1, 
             q->zero_f16[i] = h((float)qmax * tu_rand_uniform());
         }
     }
-    size_t cap = 16, k = 0;
-    q->ol_col = malloc(cap * sizeof *q->ol_col);
-    q->ol_val = malloc(cap * sizeof *q->ol_val);
-    assert_non_null(q->ol_col);
-    assert_non_null(q->ol_val);
-    for (int r = 0; r < R; r++) {
-        for (int j = 0; j < C; j++) {
-            if (tu_rand_uniform() >= ol_frac) continue;
-            if (k == cap) {
-                cap *= 2;
-                q->ol_col = realloc(q->ol_col, cap * sizeof *q->ol_col);
-                q->ol_val = realloc(q->ol_val, cap * sizeof *q->ol_val);
-                assert_non_null(q->ol_col);
-                assert_non_null(q->ol_val);
-            }
-            q->ol_col[k] = (uint32_t)j;
-            q->ol_val[k] = h(0.3f * tu_rand_normal());
-            k++;
-        }
-        q->row_ptr[r + 1] = (uint32_t)k;
-    }
-    q->n_outliers = (int64_t)k;
+    tu_spqr_random_outliers(q, ol_frac, 0.3f);
     assert_int_equal(spqr_qlayer_validate(q), SPQR_OK);
 }
 

@@ -94,28 +94,7 @@ static void ql_random(spqr_qlayer *q, const cfg *c) {
         }
     }
     q->row_ptr = xmalloc(((size_t)R + 1) * sizeof(uint32_t));
-    size_t cap = 16, n = 0;
-    q->ol_col = xmalloc(cap * sizeof(uint32_t));
-    q->ol_val = xmalloc(cap * sizeof(uint16_t));
-    const uint32_t thr = (uint32_t)(c->ol * 4294967295.0);
-    q->row_ptr[0] = 0;
-    for (int r = 0; r < R; r++) {
-        for (int j = 0; j < C && c->ol > 0; j++) {
-            if ((uint32_t)tu_rand_u64() >= thr) continue;
-            if (n == cap) {
-                cap *= 2;
-                q->ol_col = realloc(q->ol_col, cap * sizeof(uint32_t));
-                q->ol_val = realloc(q->ol_val, cap * sizeof(uint16_t));
-                assert_non_null(q->ol_col);
-                assert_non_null(q->ol_val);
-            }
-            q->ol_col[n] = (uint32_t)j;
-            q->ol_val[n] = spqr_f32_to_f16(0.2f * tu_rand_normal());
-            n++;
-        }
-        q->row_ptr[r + 1] = (uint32_t)n;
-    }
-    q->n_outliers = (int64_t)n;
+    tu_spqr_random_outliers(q, c->ol, 0.2f);
 }
 
 /* Dense [rows][cols] in ORIGINAL column order, exactly per quant/qlayer.h. */
@@ -146,12 +125,6 @@ static float *ql_dense(const spqr_qlayer *q) {
         }
     }
     return w;
-}
-
-static float *rand_vec(size_t n) {
-    float *x = xmalloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = tu_rand_normal();
-    return x;
 }
 
 /* Compare y [n_tok][rows] against the double product of dense w with X; if yref
@@ -529,7 +502,7 @@ static void test_wide(void **state) {
     assert_int_equal(p.wide, 1);
     assert_int_equal(spqr_unpack(&p, &u), SPQR_OK);
     assert_same_layer(&q, &u);
-    float *w = ql_dense(&q), *X = rand_vec((size_t)2 * c.cols);
+    float *w = ql_dense(&q), *X = tu_rand_vec((size_t)2 * c.cols);
     float *y = xmalloc(2 * (size_t)c.rows * sizeof(float)), *yr = xmalloc(2 * (size_t)c.rows * sizeof(float));
     assert_int_equal(spqr_qgemm_ref(&p, X, 2, yr), SPQR_OK);
     check_close(w, X, 2, c.rows, c.cols, yr, NULL, "wide ref");
@@ -566,7 +539,7 @@ static void test_ref_vs_dense(void **state) {
         assert_int_equal(spqr_pack(&q, &p), SPQR_OK);
         float *w = ql_dense(&q);
         const int nt = k_ntoks[i % 4];
-        float *X = rand_vec((size_t)nt * c->cols), *y = xmalloc((size_t)nt * c->rows * sizeof(float));
+        float *X = tu_rand_vec((size_t)nt * c->cols), *y = xmalloc((size_t)nt * c->rows * sizeof(float));
         assert_int_equal(spqr_qgemm_ref(&p, X, nt, y), SPQR_OK);
         char what[96];
         snprintf(what, sizeof what, "ref case %d (%dx%d)", i, c->rows, c->cols);
@@ -594,7 +567,7 @@ static void test_variants(void **state) {
         for (int ti = 0; ti < 4; ti++) {
             const int nt = k_ntoks[ti];
             if (work * nt > (int64_t)24 << 20 && nt > 3) continue; /* keep the test fast */
-            float *X = rand_vec((size_t)nt * c->cols);
+            float *X = tu_rand_vec((size_t)nt * c->cols);
             float *yr = xmalloc((size_t)nt * c->rows * sizeof(float));
             float *y = xmalloc((size_t)nt * c->rows * sizeof(float));
             assert_int_equal(spqr_qgemm_ref(&p, X, nt, yr), SPQR_OK);
@@ -625,7 +598,7 @@ static void test_variants(void **state) {
         assert_int_equal(spqr_pack(&q, &p), SPQR_OK);
         float *w = ql_dense(&q);
         const int nt = 131;
-        float *X = rand_vec((size_t)nt * c.cols), *yr = xmalloc((size_t)nt * c.rows * sizeof(float));
+        float *X = tu_rand_vec((size_t)nt * c.cols), *yr = xmalloc((size_t)nt * c.rows * sizeof(float));
         float *y = xmalloc((size_t)nt * c.rows * sizeof(float));
         assert_int_equal(spqr_qgemm_ref(&p, X, nt, yr), SPQR_OK);
         for (int v = 0; v < 3; v++) {
@@ -677,7 +650,7 @@ static void test_dense_gemv(void **state) {
     tu_seed(31);
     for (int s = 0; s < 6; s++) {
         const int R = shapes[s][0], C = shapes[s][1];
-        float *w = rand_vec((size_t)R * C), *x = rand_vec((size_t)C);
+        float *w = tu_rand_vec((size_t)R * C), *x = tu_rand_vec((size_t)C);
         uint16_t *h = xmalloc((size_t)R * C * 2);
         float *y = xmalloc((size_t)R * sizeof(float));
         for (int d = 0; d < 3; d++) {
@@ -717,7 +690,7 @@ static void test_logsumexp(void **state) {
     tu_seed(77);
     for (int li = 0; li < 10; li++) {
         const int64_t n = lens[li];
-        float *x = rand_vec((size_t)n);
+        float *x = tu_rand_vec((size_t)n);
         for (int pass = 0; pass < 4; pass++) {
             for (int64_t i = 0; i < n; i++) {
                 if (pass == 1) x[i] *= 40.0f;                /* terms down to e^-200: underflow    */

@@ -71,26 +71,7 @@ static void ql_random(spqr_qlayer *q, const cfg *c, int sq) {
         for (int i = 0; i < (1 << c->sbits); i++) q->cb_scale[i] = spqr_f32_to_f16(0.001f + 0.03f * tu_rand_uniform());
         for (int i = 0; i < (1 << c->zbits); i++) q->cb_zero[i] = spqr_f32_to_f16(qmax * tu_rand_uniform());
     }
-    size_t cap = 16, n = 0;
-    q->ol_col = xmalloc(cap * sizeof(uint32_t));
-    q->ol_val = xmalloc(cap * sizeof(uint16_t));
-    for (int r = 0; r < R; r++) {
-        for (int j = 0; j < C; j++) {
-            if (!(tu_rand_uniform() < c->ol)) continue;
-            if (n == cap) {
-                cap *= 2;
-                q->ol_col = realloc(q->ol_col, cap * sizeof(uint32_t));
-                q->ol_val = realloc(q->ol_val, cap * sizeof(uint16_t));
-                assert_non_null(q->ol_col);
-                assert_non_null(q->ol_val);
-            }
-            q->ol_col[n] = (uint32_t)j;
-            q->ol_val[n] = spqr_f32_to_f16(0.2f * tu_rand_normal());
-            n++;
-        }
-        q->row_ptr[r + 1] = (uint32_t)n;
-    }
-    q->n_outliers = (int64_t)n;
+    tu_spqr_random_outliers(q, c->ol, 0.2f);
     assert_int_equal(spqr_qlayer_validate(q), SPQR_OK);
 }
 
@@ -122,12 +103,6 @@ static float *def_dense(const spqr_qlayer *q) {
         }
     }
     return w;
-}
-
-static float *rand_vec(size_t n) {
-    float *x = xmalloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) x[i] = tu_rand_normal();
-    return x;
 }
 
 static void check_close(const float *w, const float *X, int nt, int R, int C, const float *y, const float *yr,
@@ -212,7 +187,7 @@ static void test_layout_and_kernels(void **state) {
             /* kernels */
             for (int ti = 0; ti < 4; ti++) {
                 const int nt = ntoks[ti];
-                float *X = rand_vec((size_t)nt * c->cols);
+                float *X = tu_rand_vec((size_t)nt * c->cols);
                 float *yr = xmalloc((size_t)nt * c->rows * sizeof(float)), *y = xmalloc((size_t)nt * c->rows * sizeof(float));
                 double *yd = xmalloc((size_t)nt * c->rows * sizeof(double));
                 float *ydf = xmalloc((size_t)nt * c->rows * sizeof(float));
@@ -343,7 +318,7 @@ static void test_file(void **state) {
         assert_int_equal(fmt->dequantize(pk, a), SPQR_OK);
         assert_int_equal(fmt->dequantize(back, b), SPQR_OK);
         assert_memory_equal(a, b, nw * sizeof(float));
-        float *X = rand_vec((size_t)2 * c.cols), *y1 = xmalloc(2 * c.rows * sizeof(float)),
+        float *X = tu_rand_vec((size_t)2 * c.cols), *y1 = xmalloc(2 * c.rows * sizeof(float)),
               *y2 = xmalloc(2 * c.rows * sizeof(float));
         assert_int_equal(fmt->gemm(pk, X, 2, y1), SPQR_OK);
         assert_int_equal(fmt->gemm(back, X, 2, y2), SPQR_OK);
@@ -474,7 +449,7 @@ static void test_training(void **state) {
             /* gradient of L = sum G w: w is linear in each value alone, so doubling value i
              * (exact in fp16) changes L by exactly theta_i * dL/dtheta_i, up to float rounding */
             const size_t nw = (size_t)c->rows * c->cols;
-            float *G = rand_vec(nw), *w = xmalloc(nw * sizeof(float));
+            float *G = tu_rand_vec(nw), *w = xmalloc(nw * sizeof(float));
             memset(gr, 0, n * sizeof(float));
             fmt->train_grad(pk, G, gr);
             const double L0 = loss_of(fmt, pk, G, nw, w);
@@ -507,7 +482,7 @@ static void test_training(void **state) {
             assert_int_equal(spqr_unpack(pk, &u), SPQR_OK);
             float *wd = def_dense(&u);
             const int nt = 3;
-            float *X = rand_vec((size_t)nt * c->cols), *yr = xmalloc(nt * c->rows * sizeof(float)),
+            float *X = tu_rand_vec((size_t)nt * c->cols), *yr = xmalloc(nt * c->rows * sizeof(float)),
                   *y = xmalloc(nt * c->rows * sizeof(float));
             assert_int_equal(spqr_qgemm_ref(pk, X, nt, yr), SPQR_OK);
             assert_int_equal(fmt->dequantize(pk, w), SPQR_OK);
@@ -658,11 +633,11 @@ static void test_engine(void **state) {
     (void)state;
     tu_seed(4242);
     const int R = 48, C = 80;
-    float *W = rand_vec((size_t)R * C);
+    float *W = tu_rand_vec((size_t)R * C);
     for (int i = 0; i < R * C; i += 37) W[i] *= 8.0f; /* a few outliers */
     /* H = X X^T / N of random inputs */
     const int N = 200;
-    float *X = rand_vec((size_t)N * C);
+    float *X = tu_rand_vec((size_t)N * C);
     double *H = xmalloc((size_t)C * C * sizeof(double));
     for (int a = 0; a < C; a++)
         for (int b = 0; b < C; b++) {

@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "formats/spqr/qlayer.h"
 #include "kernels/cuda/cuda_rt.h"
+#include "util/common.h"
 
 #ifndef SPQR_SOURCE_DIR
 #define SPQR_SOURCE_DIR "."
@@ -130,4 +132,40 @@ int tu_have_gpu(void) {
             printf("SKIP: no CUDA device (%s)\n", spqr_last_error());
     }
     return have;
+}
+
+float *tu_rand_vec(size_t n) {
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = tu_rand_normal();
+    return x;
+}
+
+void tu_spqr_random_outliers(struct spqr_qlayer *q, double share, float sd) {
+    size_t cap = 16, n = 0;
+    free(q->ol_col);
+    free(q->ol_val);
+    q->ol_col = malloc(cap * sizeof *q->ol_col);
+    q->ol_val = malloc(cap * sizeof *q->ol_val);
+    assert_non_null(q->ol_col);
+    assert_non_null(q->ol_val);
+    assert_non_null(q->row_ptr);
+    q->row_ptr[0] = 0;
+    for (int r = 0; r < q->rows; r++) {
+        for (int j = 0; j < q->cols; j++) {
+            if (!(tu_rand_uniform() < share)) continue;
+            if (n == cap) {
+                cap *= 2;
+                q->ol_col = realloc(q->ol_col, cap * sizeof *q->ol_col);
+                q->ol_val = realloc(q->ol_val, cap * sizeof *q->ol_val);
+                assert_non_null(q->ol_col);
+                assert_non_null(q->ol_val);
+            }
+            q->ol_col[n] = (uint32_t)j;
+            q->ol_val[n] = spqr_f32_to_f16(sd * tu_rand_normal());
+            n++;
+        }
+        q->row_ptr[r + 1] = (uint32_t)n;
+    }
+    q->n_outliers = (int64_t)n;
 }

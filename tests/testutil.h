@@ -37,5 +37,14 @@ void tu_seed(uint64_t s);
 uint64_t tu_rand_u64(void);
 float tu_rand_uniform(void);  /* [0,1) */
 float tu_rand_normal(void);
+/* n standard-normal floats (malloc'ed; asserts on failure). */
+float *tu_rand_vec(size_t n);
+
+/* Random fp16 outliers for an SpQR layer (formats/spqr/qlayer.h) whose rows,
+ * cols and row_ptr are set: each weight is an outlier with probability
+ * share, its value sd * N(0, 1); fills ol_col, ol_val, row_ptr, n_outliers
+ * (replacing any outliers it had). */
+struct spqr_qlayer;
+void tu_spqr_random_outliers(struct spqr_qlayer *q, double share, float sd);
 
 #endif
