@@ -38,12 +38,14 @@ test-asan: deps
 
 fuzz: deps
 	CC=clang cmake -S . -B $(BUILD)-fuzz -DCMAKE_BUILD_TYPE=Debug -DSPQR_FUZZ=ON -DSPQR_CUDA=OFF >/dev/null
-	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_container fuzz_packed fuzz_cluscomp
-	mkdir -p $(BUILD)-fuzz/corpus $(BUILD)-fuzz/corpus-packed $(BUILD)-fuzz/corpus-cluscomp
+	cmake --build $(BUILD)-fuzz -j $(JOBS) --target fuzz_container fuzz_packed fuzz_cluscomp fuzz_gguf
+	mkdir -p $(BUILD)-fuzz/corpus $(BUILD)-fuzz/corpus-packed $(BUILD)-fuzz/corpus-cluscomp $(BUILD)-fuzz/corpus-gguf
 	SPQR_FUZZ_SEED_DIR=$(BUILD)-fuzz/corpus $(BUILD)-fuzz/fuzz_container -runs=0 $(BUILD)-fuzz/corpus
 	$(BUILD)-fuzz/fuzz_container -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus
 	$(BUILD)-fuzz/fuzz_packed -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus-packed
 	$(BUILD)-fuzz/fuzz_cluscomp -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus-cluscomp
+	SPQR_FUZZ_SEED_DIR=$(BUILD)-fuzz/corpus-gguf $(BUILD)-fuzz/fuzz_gguf -runs=0 $(BUILD)-fuzz/corpus-gguf
+	$(BUILD)-fuzz/fuzz_gguf -max_total_time=30 -rss_limit_mb=2048 $(BUILD)-fuzz/corpus-gguf
 
 demo: build
 	@scripts/install-deps.sh --plots

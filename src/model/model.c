@@ -81,21 +81,7 @@ spqr_status spqr_config_check(const spqr_config *c, const char *path) {
     return SPQR_OK;
 }
 
-/* GGUF files are recognised so that they get a clear message */
-static bool probe_gguf(const char *path) {
-    FILE *f = spqr_is_dir(path) ? NULL : fopen(path, "rb");
-    char magic[4] = {0};
-    bool yes = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
-    if (f) fclose(f);
-    return yes;
-}
-static spqr_status load_gguf(const char *path, spqr_model *m) {
-    (void)m;
-    return spqr_fail(SPQR_ERR_UNSUPPORTED, "%s: GGUF files are not supported yet", path);
-}
-static const spqr_loader k_loader_gguf = {"gguf", probe_gguf, load_gguf};
-
-static const spqr_loader *const k_loaders[] = {&spqr_loader_hf, &spqr_loader_spqr, &k_loader_gguf,
+static const spqr_loader *const k_loaders[] = {&spqr_loader_hf, &spqr_loader_spqr, &spqr_loader_gguf,
                                                &spqr_loader_llama2c};
 
 const spqr_loader *spqr_loader_for(const char *path) {

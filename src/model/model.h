@@ -47,7 +47,7 @@ typedef struct spqr_block {
     spqr_linear lin[SPQR_LIN_PER_BLOCK];
 } spqr_block;
 
-typedef enum spqr_model_source { SPQR_SRC_HF = 1, SPQR_SRC_LLAMA2C = 2, SPQR_SRC_SPQR = 3 } spqr_model_source;
+typedef enum spqr_model_source { SPQR_SRC_HF = 1, SPQR_SRC_LLAMA2C = 2, SPQR_SRC_SPQR = 3, SPQR_SRC_GGUF = 4 } spqr_model_source;
 
 struct spqr_model {
     spqr_config cfg;
@@ -89,10 +89,16 @@ typedef struct spqr_loader {
     bool (*probe)(const char *path);
     spqr_status (*load)(const char *path, spqr_model *m);
 } spqr_loader;
-extern const spqr_loader spqr_loader_hf, spqr_loader_spqr, spqr_loader_llama2c;
+extern const spqr_loader spqr_loader_hf, spqr_loader_spqr, spqr_loader_gguf, spqr_loader_llama2c;
 /* The loader whose probe accepts path (the last one, llama2.c, accepts any
  * regular file), or NULL when none does. */
 const spqr_loader *spqr_loader_for(const char *path);
+
+/* Fill m from a parsed GGUF file g (load_gguf.c), which must outlive m: set
+ * m->storage = g, m->storage_free = spqr_gguf_storage_free to hand it over. */
+struct spqr_gguf;
+spqr_status spqr_model_from_gguf(const struct spqr_gguf *g, spqr_model *m);
+void spqr_gguf_storage_free(void *g); /* spqr_gguf_close + free */
 
 /* Count NaN/Inf in a float-like buffer. */
 int64_t spqr_count_nonfinite(const void *data, spqr_dtype dt, size_t n);
