@@ -376,6 +376,7 @@ awk -F'\t' -v seeds="$(echo "$SEEDS" | wc -w)" '
 
 # ---- plots ----------------------------------------------------------------------------
 mkdir -p "$PLOT_DIR"
+PLOT_DIR=$(cd "$PLOT_DIR" && pwd) # absolute: gnuplot runs in $WORK
 PLOTS=()
 GP=""
 GNUPLOT=${GNUPLOT:-gnuplot}
