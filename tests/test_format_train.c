@@ -39,7 +39,7 @@ static uint32_t rnd(uint32_t n) { return (uint32_t)(tu_rand_u64() % n); }
 static void ql_random(spqr_qlayer *q, const cfg *c) {
     assert_int_equal(spqr_qlayer_alloc(q, c->rows, c->cols, c->wbits, c->beta1, c->beta2, c->sbits, c->zbits),
                      SPQR_OK);
-    const int R = c->rows, C = c->cols, B = c->wbits, G = q->ngroups, NRB = q->nrb;
+    const int R = c->rows, C = c->cols, B = c->wbits, G = q->ngroups;
     for (int j = C - 1; j > 0; j--) {
         const int k = (int)rnd((uint32_t)j + 1);
         const int32_t t = q->perm[j];
@@ -53,12 +53,7 @@ static void ql_random(spqr_qlayer *q, const cfg *c) {
             q->scale_code[i] = (uint8_t)rnd(1u << q->sbits);
             q->zero_code[i] = (uint8_t)rnd(1u << q->zbits);
         }
-        for (size_t i = 0; i < (size_t)G * NRB; i++) {
-            q->s2_scale[i] = spqr_f32_to_f16(0.002f + 0.01f * tu_rand_uniform());
-            q->s2_zero[i] = spqr_f32_to_f16(-1.0f - 2.0f * tu_rand_uniform());
-            q->z2_scale[i] = spqr_f32_to_f16(qmax / (float)((1 << q->zbits) - 1) * (0.5f + 0.5f * tu_rand_uniform()));
-            q->z2_zero[i] = spqr_f32_to_f16(-0.5f * tu_rand_uniform());
-        }
+        tu_spqr_random_stats2(q);
     } else {
         for (size_t i = 0; i < (size_t)G * R; i++) {
             q->scale_f16[i] = spqr_f32_to_f16(0.001f + 0.03f * tu_rand_uniform());

@@ -169,3 +169,13 @@ void tu_spqr_random_outliers(struct spqr_qlayer *q, double share, float sd) {
     }
     q->n_outliers = (int64_t)n;
 }
+
+void tu_spqr_random_stats2(struct spqr_qlayer *q) {
+    const float qmax = (float)((1 << q->wbits) - 1);
+    for (size_t i = 0; i < (size_t)q->ngroups * (size_t)q->nrb; i++) {
+        q->s2_scale[i] = spqr_f32_to_f16(0.002f + 0.01f * tu_rand_uniform());
+        q->s2_zero[i] = spqr_f32_to_f16(-1.0f - 2.0f * tu_rand_uniform());
+        q->z2_scale[i] = spqr_f32_to_f16(qmax / (float)((1 << q->zbits) - 1) * (0.5f + 0.5f * tu_rand_uniform()));
+        q->z2_zero[i] = spqr_f32_to_f16(-0.5f * tu_rand_uniform());
+    }
+}

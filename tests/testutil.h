@@ -46,5 +46,8 @@ float *tu_rand_vec(size_t n);
  * (replacing any outliers it had). */
 struct spqr_qlayer;
 void tu_spqr_random_outliers(struct spqr_qlayer *q, double share, float sd);
+/* Random fp16 second-level statistics (s2_scale, s2_zero, z2_scale, z2_zero)
+ * of a bilevel SpQR layer, sized so that its dequantized weights stay O(1). */
+void tu_spqr_random_stats2(struct spqr_qlayer *q);
 
 #endif
